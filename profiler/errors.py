@@ -1,0 +1,108 @@
+"""The exception tree of gpumem.
+
+Every error the library raises on purpose is a :class:`GpumemError`; the CLI turns each into one
+line on stderr and an exit code (``exit_code``), never a traceback::
+
+    GpumemError                    (exit 1)
+    ├── UsageError                 (exit 2) bad input: unknown preset, malformed config, bad sizes
+    │   ├── ConfigError            a config that is malformed or incomplete
+    │   └── UnknownNameError       an unknown preset / GPU / format, with the closest names
+    ├── BackendUnavailable         (exit 1) a device source is missing (no NVML, no CUDA, old torch)
+    ├── DryRunError                (exit 1) a model that cannot run on fake tensors, and why
+    ├── StreamError                (exit 1) a session stream or report that cannot be read
+    └── TrackingError              (exit 1) the tracker was used wrongly (nested on one model, ...)
+
+    torch.OutOfMemoryError
+    └── SimulatedOutOfMemoryError  a simulated device ran out (``track_memory(capacity=...)``)
+
+A message says what failed; where the user can do something about it, a second line starting
+with ``HINT:`` says what.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "BackendUnavailable",
+    "ConfigError",
+    "DryRunError",
+    "GpumemError",
+    "SimulatedOutOfMemoryError",
+    "StreamError",
+    "TrackingError",
+    "UnknownNameError",
+    "UsageError",
+]
+
+
+class GpumemError(Exception):
+    """Base of every error gpumem raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message if hint is None else f"{message}\nHINT: {hint}")
+
+    def one_line(self) -> str:
+        """The message and hint on one line, for the CLI."""
+        return self.message if self.hint is None else f"{self.message} (hint: {self.hint})"
+
+
+class UsageError(GpumemError):
+    """Bad input from the user: the CLI exits with code 2."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """A model config that is malformed or lacks a field the formulas need."""
+
+
+class UnknownNameError(UsageError):
+    """An unknown preset, GPU or format name; ``suggestions`` holds the closest known names."""
+
+    def __init__(self, kind: str, name: str, known: list[str]) -> None:
+        import difflib
+
+        self.suggestions = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
+        if not self.suggestions:
+            lowered = name.lower()
+            self.suggestions = [k for k in known if lowered in k.lower()][:3]
+        hint = (
+            f"did you mean {', '.join(self.suggestions)}?"
+            if self.suggestions
+            else f"known: {', '.join(sorted(known)[:12])}"
+        )
+        super().__init__(f"unknown {kind} {name!r}", hint=hint)
+
+
+class BackendUnavailable(GpumemError):
+    """A device source (NVML, CUDA, an allocator hook) is not available here."""
+
+
+class DryRunError(GpumemError):
+    """A model or step that cannot run on fake tensors."""
+
+
+class StreamError(GpumemError):
+    """A session stream, summary or report that is missing, torn or corrupt."""
+
+
+class TrackingError(GpumemError):
+    """The tracker was used in a way it cannot measure."""
+
+
+class SimulatedOutOfMemoryError(torch.OutOfMemoryError):
+    """A simulated device ran out of memory: the tracked total would exceed its capacity.
+
+    A subclass of ``torch.OutOfMemoryError`` so that existing OOM handlers treat it alike.
+    """
+
+    def __init__(self, message: str, *, requested: int, capacity: int, total: int) -> None:
+        super().__init__(message)
+        self.requested = requested
+        self.capacity = capacity
+        self.total = total

@@ -1,0 +1,1 @@
+"""gpumem's command line and Textual dashboard. Imports :mod:`profiler`, never the reverse."""

@@ -38,6 +38,7 @@ __all__ = [
     "FakeAllocator",
     "FakeGpu",
     "FakeGpuProcess",
+    "FakeLibraryMismatchError",
     "FakeNVMLError",
     "FakeNvml",
     "FakeSource",
@@ -70,6 +71,11 @@ _MESSAGES = {
     NVML_ERROR_ARGUMENT_VERSION_MISMATCH: "Argument version mismatch",
     NVML_ERROR_UNKNOWN: "Unknown Error",
 }
+
+
+class FakeLibraryMismatchError(Exception):
+    """The fake's ``NVMLLibraryMismatchError``: pynvml raises it from an unversioned function
+    that the driver's NVML lacks."""
 
 
 class FakeNVMLError(Exception):
@@ -119,7 +125,8 @@ class FakeNvml:
     Args:
         gpus: the GPUs in NVML index order (mutate ``self.gpus`` between calls to script change).
         processes: the processes on them (``self.processes``, mutable too).
-        errors: NVML function name → NVML error code that every call of that function raises.
+        errors: NVML function name → what every call of it raises: an NVML error code, or an
+            exception (e.g. ``FakeLibraryMismatchError``).
         init_error: an NVML error code that ``nvmlInit`` raises (12: the library is missing).
         missing: function names these "bindings" lack (old nvidia-ml-py), including
             ``"nvmlMemory_v2"`` for bindings without the v2 memory struct.
@@ -128,6 +135,7 @@ class FakeNvml:
     """
 
     NVMLError = FakeNVMLError
+    NVMLLibraryMismatchError = FakeLibraryMismatchError
     NVML_TEMPERATURE_GPU = 0
     nvmlMemory_v2 = 0x02000028
 
@@ -136,7 +144,7 @@ class FakeNvml:
         gpus: Iterable[FakeGpu] = (),
         processes: Iterable[FakeGpuProcess] = (),
         *,
-        errors: Mapping[str, int] | None = None,
+        errors: Mapping[str, int | BaseException] | None = None,
         init_error: int | None = None,
         missing: Iterable[str] = (),
     ) -> None:
@@ -158,9 +166,11 @@ class FakeNvml:
         self.calls[name] += 1
         if not self.initialized:
             raise FakeNVMLError(NVML_ERROR_UNINITIALIZED)
-        code = self.errors.get(name)
-        if code is not None:
-            raise FakeNVMLError(code)
+        error = self.errors.get(name)
+        if isinstance(error, BaseException):
+            raise error
+        if error is not None:
+            raise FakeNVMLError(error)
 
     def _gpu(self, handle: _FakeHandle) -> FakeGpu:
         if handle.index >= len(self.gpus):

@@ -399,12 +399,12 @@ class NvmlSource:
                     self._by_uuid[ordinal] = index
                 return index
         visible = self._environ.get("CUDA_VISIBLE_DEVICES")
-        if visible is not None and visible.strip():
-            entries = [e.strip() for e in visible.split(",") if e.strip()]
+        if visible is not None:
+            entries = _visible_entries(visible)
             if ordinal >= len(entries):
                 return None
             entry = entries[ordinal]
-            if entry.lstrip("-").isdigit():
+            if entry.isdigit():
                 return int(entry)
             return self._index_for_uuid(normalize_uuid(entry) or "", prefix=True)
         count = self.count()
@@ -480,6 +480,17 @@ class NvmlSource:
         self._by_uuid.clear()
         self._uuids.clear()
         self._count = None
+
+
+def _visible_entries(visible: str) -> list[str]:
+    """``CUDA_VISIBLE_DEVICES`` as CUDA reads it: up to the first invalid entry ("" hides all)."""
+    entries = []
+    for raw in visible.split(","):
+        entry = raw.strip()
+        if not entry or entry.startswith("-"):
+            break
+        entries.append(entry)
+    return entries
 
 
 def _int(value: Any) -> int | None:

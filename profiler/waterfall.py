@@ -1,0 +1,206 @@
+"""The device waterfall: NVML's figure for this process, broken down to the engine's categories.
+
+::
+
+    NVML: memory used by this process
+     ├─ CUDA context + memory outside PyTorch (NCCL, cuBLAS handles, other libraries)
+     └─ PyTorch reserved (caching allocator segments)
+         ├─ cached but free (reusable, or fragmented)
+         └─ allocated
+             ├─ weights · buffers · gradients · optimizer · activations · kv_cache · ...
+             └─ not attributed (allocated, but not seen by the engine)
+
+Each level is the sum of the one below it, by construction: ``outside_pytorch = nvml - reserved``
+and ``cached_free = reserved - allocated``. A negative part means the readings were taken at
+different moments (NVML is read at most twice a second) or NVML's figure is an estimate; the
+figures are kept as measured and :meth:`Waterfall.problems` says what looks wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from profiler.records import CATEGORIES, AllocatorReading, Category, NvmlReading, Sample
+from profiler.units import format_bytes
+
+__all__ = ["Waterfall", "build_waterfall", "waterfall"]
+
+
+@dataclass(frozen=True, slots=True)
+class Waterfall:
+    """One device's memory from NVML down to categories (bytes; ``None`` where a source is missing).
+
+    Attributes:
+        device: the device (``"cuda:0"``), or ``None``.
+        nvml_process_used: NVML's memory for this process.
+        outside_pytorch: the CUDA context and memory other libraries took (NVML − reserved).
+        reserved: the caching allocator's segments.
+        cached_free: reserved but not allocated (reusable, or fragmented).
+        allocated: handed out to tensors.
+        categories: the engine's bytes per category, in :data:`CATEGORIES` order.
+        unattributed: allocated − the categories' sum (what the engine did not see).
+        inactive_split: the fragmented part of ``cached_free`` (split blocks, not releasable).
+    """
+
+    device: str | None
+    nvml_process_used: int | None
+    outside_pytorch: int | None
+    reserved: int | None
+    cached_free: int | None
+    allocated: int | None
+    categories: Mapping[Category, int] = field(default_factory=dict)
+    unattributed: int | None = None
+    inactive_split: int | None = None
+
+    @property
+    def categories_total(self) -> int:
+        """The sum of the categories."""
+        return sum(self.categories.values())
+
+    def problems(self) -> list[str]:
+        """What does not add up, in words (empty when every part is non-negative)."""
+        out = []
+        if self.outside_pytorch is not None and self.outside_pytorch < 0:
+            out.append(
+                "NVML reports less than PyTorch reserved: the readings are from different "
+                "moments, or NVML's figure for this process is an estimate"
+            )
+        if self.cached_free is not None and self.cached_free < 0:
+            out.append("allocated exceeds reserved: the allocator readings are inconsistent")
+        if self.unattributed is not None and self.unattributed < 0:
+            out.append(
+                "the engine's categories exceed allocated: readings from different moments, "
+                "or tensors counted twice"
+            )
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (bytes as ints, categories by name)."""
+        return {
+            "device": self.device,
+            "nvml_process_used": self.nvml_process_used,
+            "outside_pytorch": self.outside_pytorch,
+            "reserved": self.reserved,
+            "cached_free": self.cached_free,
+            "inactive_split": self.inactive_split,
+            "allocated": self.allocated,
+            "categories": {str(k): int(v) for k, v in self.categories.items()},
+            "unattributed": self.unattributed,
+        }
+
+    def lines(self) -> list[str]:
+        """The waterfall as an indented tree, one part per line, sizes right-aligned."""
+        rows: list[tuple[str, int | None]] = [
+            ("NVML: used by this process", self.nvml_process_used),
+            ("├─ CUDA context + outside PyTorch", self.outside_pytorch),
+            ("└─ PyTorch reserved", self.reserved),
+            ("   ├─ cached but free", self.cached_free),
+        ]
+        if self.inactive_split:
+            rows.append(("   │  └─ of which fragmented", self.inactive_split))
+        rows.append(("   └─ allocated", self.allocated))
+        shown = [(str(c), v) for c, v in self.categories.items() if v]
+        if self.unattributed:
+            shown.append(("not attributed", self.unattributed))
+        for i, (name, value) in enumerate(shown):
+            branch = "└─" if i == len(shown) - 1 else "├─"
+            rows.append((f"      {branch} {name}", value))
+        width = max(len(label) for label, _ in rows) + 2
+        title = f"waterfall ({self.device})" if self.device else "waterfall"
+        return [title] + [f"{label:<{width}}{format_bytes(value):>12}" for label, value in rows]
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+
+def _sub(a: int | None, b: int | None) -> int | None:
+    return None if a is None or b is None else a - b
+
+
+def _categories(values: Mapping[Any, int] | Sequence[int] | None) -> dict[Category, int]:
+    if values is None:
+        return {}
+    if isinstance(values, Mapping):
+        by_name = {Category(str(k)): int(v) for k, v in values.items()}
+        return {c: by_name.get(c, 0) for c in CATEGORIES}
+    if len(values) != len(CATEGORIES):
+        raise ValueError(f"expected {len(CATEGORIES)} category values, got {len(values)}")
+    return {c: int(v) for c, v in zip(CATEGORIES, values, strict=True)}
+
+
+def build_waterfall(
+    *,
+    nvml_used: int | None,
+    reserved: int | None,
+    allocated: int | None,
+    categories: Mapping[Any, int] | Sequence[int] | None,
+    device: str | None = None,
+    inactive_split: int | None = None,
+) -> Waterfall:
+    """The waterfall from its four readings.
+
+    Args:
+        nvml_used: NVML's memory for this process (``None``: no NVML).
+        reserved: the allocator's reserved bytes (``None``: no allocator reading).
+        allocated: the allocator's allocated bytes.
+        categories: bytes per category, as a mapping (category or its name → bytes) or a
+            sequence in :data:`CATEGORIES` order.
+        device: the device's name for the title.
+        inactive_split: the allocator's inactive split bytes (fragmentation), if known.
+    """
+    cats = _categories(categories)
+    return Waterfall(
+        device=device,
+        nvml_process_used=nvml_used,
+        outside_pytorch=_sub(nvml_used, reserved),
+        reserved=reserved,
+        cached_free=_sub(reserved, allocated),
+        allocated=allocated,
+        categories=cats,
+        unattributed=None if allocated is None or not cats else allocated - sum(cats.values()),
+        inactive_split=inactive_split,
+    )
+
+
+def _from_readings(
+    sample: Sample | None,
+    allocator: AllocatorReading | None,
+    nvml: NvmlReading | None,
+    device: str | None,
+) -> Waterfall:
+    return build_waterfall(
+        nvml_used=None if nvml is None else nvml.process_used,
+        reserved=None if allocator is None else allocator.reserved,
+        allocated=None if allocator is None else allocator.allocated,
+        categories=None if sample is None else sample.bytes,
+        device=device,
+        inactive_split=None if allocator is None else allocator.inactive_split,
+    )
+
+
+def waterfall(tracker: Any) -> Waterfall:
+    """The waterfall for a tracker's device at its last sample that has allocator figures.
+
+    The categories are the sample's: from the ledger in exact mode, from the allocator counter
+    split by the known tensors in fast mode. Where no sample has allocator figures (tracking never
+    reached a boundary on CUDA), the allocator and NVML are read now.
+    """
+    samples: list[Sample] = list(tracker.samples)
+    device_obj = getattr(tracker, "device", None)
+    device = None if device_obj is None else str(device_obj)
+    chosen = next((s for s in reversed(samples) if s.allocator is not None), None)
+    if chosen is not None:
+        nvml = chosen.nvml
+        if nvml is None:  # NVML is read at most twice a second: take the latest one
+            nvml = next((s.nvml for s in reversed(samples) if s.nvml is not None), None)
+        return _from_readings(chosen, chosen.allocator, nvml, device)
+    last = samples[-1] if samples else None
+    allocator = nvml_reading = None
+    if device_obj is not None and getattr(device_obj, "type", None) == "cuda":
+        from profiler.backends import cuda, nvml
+
+        allocator = cuda.allocator_reading(device_obj.index)
+        nvml_reading = nvml.process_reading(device_obj.index)
+    return _from_readings(last, allocator, nvml_reading, device)

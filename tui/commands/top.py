@@ -1,0 +1,102 @@
+"""``gpumem top``: the live dashboard of GPUs, processes and tracked sessions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from profiler.errors import UsageError
+
+HELP = "Live dashboard of GPUs, processes and tracked sessions (q quits, ? helps)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``gpumem top``."""
+    parser.add_argument(
+        "--interval", default="1.0", metavar="SECONDS", help="seconds between refreshes (1.0)"
+    )
+    parser.add_argument(
+        "--home", default=None, help="the gpumem home to read sessions from ($GPUMEM_HOME)"
+    )
+    parser.add_argument(
+        "--once", action="store_true", help="print one frame as text and exit (no terminal)"
+    )
+    parser.add_argument("--json", action="store_true", help="with --once: print the frame as JSON")
+    parser.add_argument(
+        "--sort",
+        default="memory",
+        help="process order: memory, pid, user or command (memory)",
+    )
+    parser.add_argument("--width", default="120", help="with --once: text width (120)")
+    parser.add_argument(
+        "--demo", action="store_true", help="show scripted demo GPUs instead of NVML"
+    )
+
+
+def _positive(text: str, option: str, *, kind: type = float) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise UsageError(f"{option} must be a number, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise UsageError(f"{option} must be positive, got {text!r}")
+    return value
+
+
+def make_builder(args: argparse.Namespace) -> Any:
+    """The snapshot builder the options describe (NVML is opened later, off the UI thread)."""
+    from profiler.sessions import SessionReader
+    from tui.snapshot import SnapshotBuilder
+
+    if args.home is not None:
+        home = Path(args.home).expanduser()
+        if home.exists() and not home.is_dir():
+            raise UsageError(f"--home {args.home!r} is not a directory")
+    reader = SessionReader(args.home)
+    if args.demo:
+        from profiler.backends.fake import demo_source
+
+        return SnapshotBuilder(demo_source(), reader)
+
+    def open_nvml() -> Any:
+        from profiler.backends.nvml import default_source
+
+        return default_source()
+
+    return SnapshotBuilder(None, reader, source_factory=open_nvml)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the dashboard, or print one frame with ``--once``."""
+    from tui.snapshot import PROCESS_SORTS
+
+    interval = _positive(args.interval, "--interval")
+    width = _positive(args.width, "--width", kind=int)
+    if args.sort not in PROCESS_SORTS:
+        raise UsageError(
+            f"unknown sort {args.sort!r}", hint=f"use one of {', '.join(PROCESS_SORTS)}"
+        )
+    if args.json and not args.once:
+        raise UsageError("--json needs --once", hint="gpumem top --once --json")
+    builder = make_builder(args)
+    if args.once:
+        from tui.widgets.render import frame_text, snapshot_to_dict
+
+        snapshot = builder.build()
+        if args.json:
+            sys.stdout.write(json.dumps(snapshot_to_dict(snapshot, sort=args.sort), indent=2))
+            sys.stdout.write("\n")
+        else:
+            sys.stdout.write(frame_text(snapshot, width=max(60, width), sort=args.sort))
+        return 0
+    if not sys.stdout.isatty():
+        raise UsageError("gpumem top needs a terminal", hint="use gpumem top --once [--json]")
+    from tui.app import GpumemTopApp
+
+    app = GpumemTopApp(builder, interval=interval)
+    app.sort = args.sort
+    app.run()
+    return 0

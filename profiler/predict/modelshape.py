@@ -70,6 +70,10 @@ class ModelShape:
     layer_windows: tuple[int | None, ...]
     dtype: str | None = None
     declared_parameters: int | None = None
+    activation: str = "silu"
+    resid_dropout: float = 0.0
+    embed_dropout: float = 0.0
+    attention_dropout: float = 0.0
 
     @property
     def q_dim(self) -> int:
@@ -241,7 +245,18 @@ def shape_from_config(
         declared_parameters=raw.get("parameters")
         if isinstance(raw.get("parameters"), int)
         else None,
+        activation=str(_get(cfg, ("hidden_act", "activation_function")) or "silu"),
+        resid_dropout=_rate(cfg, ("resid_pdrop", "hidden_dropout", "hidden_dropout_prob")),
+        embed_dropout=_rate(cfg, ("embd_pdrop", "embedding_dropout")),
+        attention_dropout=_rate(cfg, ("attn_pdrop", "attention_dropout")),
     )
+
+
+def _rate(cfg: Mapping[str, Any], names: tuple[str, ...]) -> float:
+    value = _get(cfg, names)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return float(value)
 
 
 def shape_from_module(model: Any) -> ModelShape | None:

@@ -649,6 +649,21 @@ def _device_facts(
     return overhead, cached_free, fragmented, others, pids
 
 
+def _bytes_at_failure(tracker: Any, failure: Mapping[str, Any]) -> tuple[int, ...]:
+    """The bytes per category when the allocation failed: the sample the tracker took then."""
+    samples = list(getattr(tracker, "samples", []) or [])
+    total = failure.get("total")
+    for sample in reversed(samples):
+        if sample.total == total:
+            return tuple(int(v) for v in sample.bytes)
+    when = failure.get("time")
+    if samples and isinstance(when, int | float):
+        closest = min(reversed(samples), key=lambda s: abs(s.time - when))
+        return tuple(int(v) for v in closest.bytes)
+    current = tuple(int(v) for v in getattr(tracker.ledger, "current", ()))
+    return current if len(current) == _N else (0,) * _N
+
+
 def facts_from_tracker(tracker: Any, capacity: int | None = None) -> RunFacts:
     """The :class:`RunFacts` of a tracked run (during it, after it, or at its OOM)."""
     ledger = tracker.ledger
@@ -669,10 +684,8 @@ def facts_from_tracker(tracker: Any, capacity: int | None = None) -> RunFacts:
         moments.append(Moment(peak_phase(at_peak), at_peak))
     failure = getattr(tracker, "failure", None)
     if failure and failure.get("requested"):
-        # The allocation that failed, charged as a temporary of the phase it happened in.
-        base = moments[-1].bytes if moments else (0,) * _N
-        current = tuple(int(v) for v in getattr(ledger, "current", base))
-        values = list(current if len(current) == _N else base)
+        # The allocation that failed, charged as a temporary on top of the bytes at the failure.
+        values = list(_bytes_at_failure(tracker, failure))
         values[t] += int(failure["requested"])
         moments.append(Moment(str(failure.get("phase") or Phase.FORWARD), tuple(values)))
 

@@ -610,9 +610,11 @@ class SessionReader:
 
     def _long_ended(self, directory: Path, now: float) -> bool:
         """Whether a session found for the first time ended more than ``ended_for`` ago."""
-        summary_mtime = _mtime(directory / "summary.json")
+        summary_path = directory / "summary.json"
+        summary_mtime = _mtime(summary_path)
         if summary_mtime is not None:
-            return now - summary_mtime > self.ended_for
+            end = _float_or_none((_read_json(summary_path) or {}).get("end_time"))
+            return now - (summary_mtime if end is None else end) > self.ended_for
         meta = SessionMeta.from_directory(directory)
         newest = _newest_mtime(directory)
         if newest is None or now - newest <= self.ended_for:

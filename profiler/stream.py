@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -157,6 +157,7 @@ class SessionWriter:
         max_bytes: the size at which a ``.jsonl`` file rotates.
         modules_interval: the shortest time between two ``modules.json`` rewrites (s).
         flush_thread: start the daemon thread that flushes every ``interval``.
+        clock: the wall clock for the end time and the flusher (tests freeze it).
     """
 
     def __init__(
@@ -168,7 +169,9 @@ class SessionWriter:
         max_bytes: int = DEFAULT_MAX_BYTES,
         modules_interval: float = 5.0,
         flush_thread: bool = True,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self.clock = clock
         self._directory = Path(directory)
         self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.interval = float(interval)
@@ -185,7 +188,6 @@ class SessionWriter:
         self._pending: Sample | None = None
         self._window_peak: Sample | None = None
         self._session_peak = 0
-        self._steps_seen: set[int] = set()
         self._last_step_written = -1
         self._modules_written_at = float("-inf")
         self._tracker: Any = None
@@ -214,6 +216,7 @@ class SessionWriter:
         interval: float = 0.1,
         max_bytes: int = DEFAULT_MAX_BYTES,
         flush_thread: bool = True,
+        clock: Callable[[], float] = time.time,
         **meta: Any,
     ) -> SessionWriter:
         """A writer in a new, uniquely named session directory under ``home``.
@@ -221,7 +224,7 @@ class SessionWriter:
         The directory is ``<home>/sessions/<YYYYmmddTHHMMSS.ffffff>-<host>-<pid>-<name>``: unique
         and sorted by start time. Extra keyword arguments go into ``meta.json``.
         """
-        start = time.time() if start_time is None else float(start_time)
+        start = clock() if start_time is None else float(start_time)
         pid = os.getpid() if pid is None else int(pid)
         host = socket.gethostname() if host is None else host
         name = name or _default_name()
@@ -262,6 +265,7 @@ class SessionWriter:
             interval=interval,
             max_bytes=max_bytes,
             flush_thread=flush_thread,
+            clock=clock,
         )
 
     @classmethod
@@ -334,9 +338,6 @@ class SessionWriter:
         with self._lock:
             if record.peak > self._session_peak:
                 self._session_peak = record.peak
-            self._steps_seen.add(record.step)
-            if len(self._steps_seen) > 64:
-                self._steps_seen = {s for s in self._steps_seen if s >= record.step - 8}
             line = (
                 f'{{"v":{SCHEMA_VERSION},"t":{record.time!r},"step":{int(record.step)},'
                 f'"kind":"step_end","message":"","data":{{"duration":{float(record.duration)!r},'
@@ -352,11 +353,11 @@ class SessionWriter:
             self._write_modules()
 
     def on_event(self, event: Event) -> None:
-        """Write ``event`` to ``events.jsonl`` (a step end already written by ``on_step`` is not
-        written twice)."""
-        if self._closed:
-            return
-        if event.kind == EventKind.STEP_END and event.step in self._steps_seen:
+        """Write ``event`` to ``events.jsonl``.
+
+        Step-end events are left out: :meth:`on_step` writes every step end, with its bytes.
+        """
+        if self._closed or event.kind == EventKind.STEP_END:
             return
         payload = {
             "v": SCHEMA_VERSION,
@@ -392,7 +393,7 @@ class SessionWriter:
                 summary = {"error": f"summary failed: {error!r}"}
         payload = {
             "v": SCHEMA_VERSION,
-            "end_time": time.time(),
+            "end_time": self.clock(),
             "status": "ok" if exc is None else "error",
             "error": None if exc is None else f"{type(exc).__name__}: {exc}",
             "session_peak": self._session_peak,
@@ -473,7 +474,7 @@ class SessionWriter:
 
     def _write_modules(self, tracker: Any = None) -> None:
         tracker = tracker if tracker is not None else self._tracker
-        if tracker is None or self._failed or not hasattr(tracker, "modules"):
+        if tracker is None or self._failed:
             return
         try:
             top = _top_modules(tracker)
@@ -484,7 +485,7 @@ class SessionWriter:
         try:
             write_json_atomic(
                 self._directory / "modules.json",
-                {"v": SCHEMA_VERSION, "t": time.time(), "activations": top},
+                {"v": SCHEMA_VERSION, "t": self.clock(), "activations": top},
             )
         except OSError as error:
             self._fail(error)
@@ -495,7 +496,7 @@ class SessionWriter:
                 if self._closed:
                     return
                 pending = self._pending
-                if pending is not None and time.time() - pending.time >= self.interval:
+                if pending is not None and self.clock() - pending.time >= self.interval:
                     self._write_window(pending)
                 for handle in (self._samples, self._events):
                     try:
@@ -542,24 +543,32 @@ def _tracker_meta(tracker: Any) -> dict[str, Any]:
 
 
 def _top_modules(tracker: Any, limit: int = 10) -> list[list[Any]] | None:
-    """The ``limit`` modules holding the most activation bytes, as ``[[name, bytes], ...]``."""
-    frame = tracker.modules()
-    if frame is None or len(frame) == 0:
-        return []
-    column = None
-    for candidate in ("activations", "activations_bytes", "peak_activations"):
-        if candidate in frame.columns:
-            column = candidate
-            break
-    if column is None:
+    """The ``limit`` modules holding the most activation bytes, as ``[[name, bytes], ...]``.
+
+    Asks ``tracker.top_modules(limit)`` where the tracker has it; else reads the tracker's
+    per-module counters; else its ``modules()`` DataFrame, but only when pandas is already
+    imported (importing it would stall the training loop for a second).
+    """
+    top = getattr(tracker, "top_modules", None)
+    if callable(top):
+        return [[str(name), int(value)] for name, value in top(limit)]
+    stats = getattr(tracker, "_module_stats", None)
+    if isinstance(stats, Mapping):
+        pairs = [[str(name), int(max(s[1], s[2]))] for name, s in list(stats.items())]
+    elif "pandas" in sys.modules and hasattr(tracker, "modules"):
+        frame = tracker.modules()
+        if frame is None or "activations" not in frame.columns:
+            return None
+        names = frame["module"] if "module" in frame.columns else frame.index
+        pairs = [
+            [str(name), int(value)]
+            for name, value in zip(names, frame["activations"], strict=False)
+            if value == value  # not NaN
+        ]
+    else:
         return None
-    names = frame["module"] if "module" in frame.columns else frame.index
-    pairs = [
-        [str(name), int(value)]
-        for name, value in zip(names, frame[column], strict=False)
-        if value == value and int(value) > 0  # skip NaN and zero
-    ]
-    pairs.sort(key=lambda pair: -pair[1])
+    pairs = [pair for pair in pairs if pair[1] > 0]
+    pairs.sort(key=lambda pair: (-pair[1], pair[0]))
     return pairs[:limit]
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "kv_cache_bytes_per_token",
     "linear_matrices",
     "lora_parameter_count",
+    "lora_target_count",
     "optimizer_state_bytes_per_param",
     "parameter_count",
     "small_parameter_count",
@@ -136,13 +137,23 @@ _LORA_TARGETS = {
 
 def lora_parameter_count(shape: ModelShape, rank: int, targets: str = "all-linear") -> int:
     """Adapter parameters: ``rank × (in + out)`` for each targeted matrix (experts included)."""
-    roles = _LORA_TARGETS.get(targets)
+    if targets not in _LORA_TARGETS:
+        from profiler.errors import UnknownNameError
+
+        raise UnknownNameError("LoRA target set", targets, list(_LORA_TARGETS))
+    roles = _LORA_TARGETS[targets]
     per_layer = sum(
         rank * (m.in_features + m.out_features) * m.count
         for m in linear_matrices(shape)
         if roles is None or m.role in roles
     )
     return shape.num_layers * per_layer
+
+
+def lora_target_count(shape: ModelShape, targets: str = "all-linear") -> int:
+    """How many matrices per block carry an adapter (experts counted one by one)."""
+    roles = _LORA_TARGETS.get(targets)
+    return sum(m.count for m in linear_matrices(shape) if roles is None or m.role in roles)
 
 
 def kv_cache_bytes_per_token(shape: ModelShape, dtype_bytes: int = 2) -> int:

@@ -303,12 +303,20 @@ def _mentions(node: ast.AST, name: str, attribute: bool) -> bool:
 
 
 def mutation_lines(
-    filename: str, name: str, *, attribute: bool = False, first: int = 1, last: int | None = None
+    filename: str,
+    name: str,
+    *,
+    attribute: bool = False,
+    first: int = 1,
+    last: int | None = None,
+    passed: bool = False,
 ) -> list[int]:
     """Lines between ``first`` and ``last`` that add to ``name`` (``self.name`` if ``attribute``).
 
     Recognised: ``name.append(x)`` (and extend, insert, add, update, setdefault, ...),
     ``name[k] = x``, ``name += ...`` and ``name = f(name, x)`` (``torch.cat([name, x])``).
+    With ``passed``, the lines that pass ``name`` to a call instead (``model(x, cache=name)``):
+    that is where an object that grows inside a library call (a KV cache) is fed.
     """
     tree = _parse(filename)
     if tree is None:
@@ -319,7 +327,14 @@ def mutation_lines(
         lineno = getattr(node, "lineno", None)
         if lineno is None or not first <= lineno <= end:
             continue
-        if isinstance(node, ast.Call):
+        if isinstance(node, ast.Call) and passed:
+            values: list[ast.AST] = [*node.args, *(k.value for k in node.keywords)]
+            values += [v for d in values if isinstance(d, ast.Dict) for v in d.values]
+            if any(_is_ref(v, name, attribute) for v in values):
+                found.add(lineno)
+        elif passed:
+            continue
+        elif isinstance(node, ast.Call):
             func = node.func
             if (
                 isinstance(func, ast.Attribute)
@@ -486,18 +501,20 @@ class _Found:
 
 
 def find_holders(
-    tensors: Sequence[torch.Tensor],
+    tensors: Sequence[Any],
     *,
     model: Any = None,
     max_depth: int = 3,
     frame: types.FrameType | None = None,
+    passed: bool = False,
 ) -> list[Holder]:
     """What keeps ``tensors`` alive: named user variables, closure cells and object attributes.
 
     Follows the garbage collector's referrers up through lists, tuples, dicts, sets and deques
     (``max_depth`` levels) to a name: a local variable of a user frame on the current stack, a
     module global, a closure cell, or an attribute of an object. For each, the statement that adds
-    to it is looked up in the source. Returns the holders, most bytes first.
+    to it is looked up in the source (with ``passed``: the statement that passes it to a call).
+    Returns the holders, most bytes first.
     """
     if not tensors:
         return []
@@ -641,10 +658,18 @@ def find_holders(
                 attribute=item.attribute,
                 first=item.first,
                 last=item.last,
+                passed=passed,
             )
             if lines:
                 site = f"{item.filename}:{lines[0]}"
-        leaked = [by_id[i] for i in item.tensor_ids if i in by_id]
+        held_objects = [by_id[i] for i in item.tensor_ids if i in by_id]
+        leaked = [t for t in held_objects if isinstance(t, torch.Tensor)]
+        if len(leaked) < len(held_objects):
+            from profiler.kvcache import cache_tensors
+
+            for obj in held_objects:
+                if not isinstance(obj, torch.Tensor):
+                    leaked.extend(cache_tensors(obj))
         keys = {k for k in (_storage_key(t) for t in leaked) if k is not None}
         holders.append(
             Holder(
@@ -654,7 +679,7 @@ def find_holders(
                 container=item.container,
                 site=site,
                 source=_source_of(site),
-                tensors=len(leaked),
+                tensors=len(held_objects),
                 nbytes=sum(n for _, n in keys),
                 graph=any(t.grad_fn is not None for t in leaked),
                 in_hook=_in_codes(site, hook_codes),
@@ -811,6 +836,7 @@ class LeakDetector:
         self._cooldown_until = -1
         self._warned: set[str] = set()
         self._last: StepRecord | None = None
+        self._kv_holders: list[Holder] = []
 
     # ------------------------------------------------------------------ observer protocol
 
@@ -926,6 +952,13 @@ class LeakDetector:
                     frame=sys._getframe(1),
                 )
                 del survivors
+            if any(g.series == Category.KV_CACHE for g in confirmed):
+                caches = getattr(self.tracker, "kv_caches", None)
+                objects = list(caches()) if callable(caches) else []
+                self._kv_holders = find_holders(
+                    objects, model=None, frame=sys._getframe(1), passed=True
+                )
+                del objects
             steps = tuple(range(start + 1, record.step + 1))
             self._report(record, confirmed, storages=storages, holders=holders, hunt_steps=steps)
         finally:
@@ -1010,10 +1043,15 @@ class LeakDetector:
         holder = _pick_holder(category, holders)
         pattern = classify(category, holder, sites, codes)
         if pattern == LeakPattern.KV_CACHE_NOT_RESET:
-            holder = None
-        site = holder.site if holder is not None and holder.site else None
-        if site is None:
+            # the creation site is the call that feeds the cache; else the line passing it
+            holder = self._kv_holders[0] if self._kv_holders else None
             site = next((s.site for s in sites if s.site), None)
+            if site is None and holder is not None:
+                site = holder.site
+        else:
+            site = holder.site if holder is not None and holder.site else None
+            if site is None:
+                site = next((s.site for s in sites if s.site), None)
         capacity = self._capacity()
         capacity_step = capacity_time = None
         rate = est.bytes_per_step

@@ -74,6 +74,11 @@ def explain_gap(
         if gap < 0:
             return "fewer saved activations (checkpointing, fused kernels, or a shorter input)"
         return "extra saved tensors (dropout masks, upcasts, or losses kept for backward)"
+    if category == "kv_cache" and ratio >= 1.9 and abs(ratio - round(ratio)) < 0.1:
+        return (
+            f"{round(ratio)} caches alive at once (a previous output still holds its cache "
+            "while the next forward builds one)"
+        )
     if category == "kv_cache":
         return "cache longer or wider than expected (pre-allocated static cache or extra tokens)"
     if category == "gradients" and gap > 0:

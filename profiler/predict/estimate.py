@@ -296,7 +296,8 @@ def estimate(
     else:
         values[Category.WEIGHTS] = int(round(total_params * _flat_bytes(fmt)))
     if shape is not None and not shape.learned_positions:
-        values[Category.BUFFERS] = shape.head_dim // 2 * 4  # rotary inv_freq, fp32
+        # rotary inv_freq and original_inv_freq buffers: head_dim / 2 fp32 values each
+        values[Category.BUFFERS] = shape.head_dim * 4
 
     # gradients and optimizer
     trainable = 0
@@ -428,17 +429,22 @@ def _training_temporaries(
 ) -> int:
     """The transient that adds to a training step's peak.
 
-    At the start of backward the fp32 logits gradient (batch × seq × vocab × 4) sits on top of
-    every saved activation. The foreach AdamW step allocates one state-sized scratch tensor per
+    At the start of backward the logits (with their fp32 copy for 16-bit runs) and the fp32
+    logits gradient (batch × seq × vocab × 4) sit on top of every saved activation. The foreach AdamW step allocates one state-sized scratch tensor per
     parameter (``_foreach_sqrt`` of the second moment) when the activations are already freed,
     so it raises the peak only by what it exceeds them by. QLoRA dequantises one matrix at a time.
     """
-    logits_grad = batch * seq * shape.vocab_size * 4
+    extra = 4 if activations and _act_bytes(fmt) != 4 else 0
+    logits_grad = batch * seq * shape.vocab_size * (_act_bytes(fmt) + extra + 4)
     scratch = trainable * state_bytes if optimizer == "adamw" else 0
     dequant = 0
     if fmt.kind not in ("dense", "flat"):
         dequant = max(m.in_features * m.out_features for m in _matrices(shape)) * 2
     return max(logits_grad, scratch - activations, dequant)
+
+
+def _act_bytes(fmt: WeightFormat) -> int:
+    return _dense_bytes(fmt.name) if fmt.kind == "dense" else 2
 
 
 def _check_combination(mode: str, fmt: WeightFormat, asked: str | None) -> None:

@@ -275,7 +275,7 @@ def _block_training(
 
 
 def _head_training(shape: ModelShape, b: int, s: int, a: int, device: str) -> list[tuple[int, int]]:
-    """Tensors outside the blocks: embeddings, final norm, logits, the loss."""
+    """Tensors outside the blocks that backward needs: embeddings, final norm, the loss."""
     t = b * s
     h, v = shape.hidden_size, shape.vocab_size
     out: list[tuple[int, int]] = []
@@ -287,10 +287,9 @@ def _head_training(shape: ModelShape, b: int, s: int, a: int, device: str) -> li
     else:
         out += [(t * h * a, 1), (s * shape.head_dim * a, 2)]  # embedding, rotary cos and sin
     out += _norm(shape, t, a)
-    out += [(t * v * a, 1)]  # logits
-    if a != 4:
-        out += [(t * v * 4, 1)]  # logits.float() in the loss
-    out += [(t * v * 4, 1)]  # log_softmax kept for the loss backward
+    # The logits (and their fp32 copy in the loss) are not saved for backward: they are
+    # temporaries held by the output. The loss keeps its fp32 log-softmax.
+    out += [(t * v * 4, 1)]
     return out
 
 
@@ -311,7 +310,8 @@ def training_activation_bytes(
     outputs (and fp32 upcasts for 16-bit RMSNorm), q/k/v and the attention output, the
     softmax log-sum-exp (SDPA / flash) or the full ``batch × heads × seq × seq`` scores (eager),
     two residual sums, dropout masks, and the MLP's inputs (4 × T × I for a gated MLP). Outside
-    the blocks: embeddings, the final norm, the logits and the loss's fp32 log-softmax.
+    the blocks: embeddings, the final norm and the loss's fp32 log-softmax. The logits are not
+    saved for backward (the tracker counts them as temporaries).
 
     With gradient checkpointing only each block's input is kept, and one block is recomputed
     at a time during backward.

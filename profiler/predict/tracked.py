@@ -207,6 +207,9 @@ def _activation_prediction(
     if shape is None:
         return None, None
     kv: int | None = None
+    config = getattr(model, "config", None)
+    if kv_tokens is None and seq is not None and getattr(config, "use_cache", False):
+        kv_tokens = seq  # a transformers forward with use_cache builds a cache of the input
     if kv_tokens is not None and batch is not None:
         dtype = autocast_dtype or _module_dtype(model)
         kv = kv_cache_bytes(shape, tokens=kv_tokens, batch=batch, dtype_bytes=_itemsize(dtype))

@@ -1,0 +1,90 @@
+"""Recognises KV-cache tensors: transformers ``Cache`` objects and ``past_key_values`` tuples.
+
+Nothing here imports transformers: a cache is recognised by shape of use (an object passed or
+returned as ``past_key_values``, or one whose class is a transformers ``Cache``), and its tensors
+are found by walking its attributes, lists, tuples and dicts a few levels deep. That covers
+``DynamicCache`` (``layers[i].keys/values`` in transformers 5, ``key_cache``/``value_cache`` lists
+in 4.x), ``StaticCache``, ``SlidingWindowCache``, encoder-decoder caches, the legacy
+tuple-of-tuples format and custom caches handed to ``mem.mark_kv_cache``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+
+__all__ = ["cache_tensors", "find_caches", "is_cache_object"]
+
+_MAX_DEPTH = 5
+
+
+def is_cache_object(obj: Any) -> bool:
+    """Whether ``obj`` is a transformers ``Cache`` (without importing transformers)."""
+    cache_utils = sys.modules.get("transformers.cache_utils")
+    cache_cls = getattr(cache_utils, "Cache", None) if cache_utils is not None else None
+    if cache_cls is not None and isinstance(obj, cache_cls):
+        return True
+    return any(cls.__name__.endswith("Cache") for cls in type(obj).__mro__[:-1])
+
+
+def cache_tensors(
+    obj: Any, _depth: int = 0, _seen: set[int] | None = None
+) -> Iterator[torch.Tensor]:
+    """Every tensor reachable from a cache object, each object visited once."""
+    if _seen is None:
+        _seen = set()
+    if isinstance(obj, torch.Tensor):
+        yield obj
+        return
+    if _depth > _MAX_DEPTH or id(obj) in _seen or isinstance(obj, str | bytes | int | float):
+        return
+    _seen.add(id(obj))
+    if isinstance(obj, list | tuple):
+        for item in obj:
+            yield from cache_tensors(item, _depth + 1, _seen)
+    elif isinstance(obj, Mapping):
+        for item in obj.values():
+            yield from cache_tensors(item, _depth + 1, _seen)
+    elif isinstance(obj, torch.nn.Module):
+        return  # a cache that points back at a model must not pull its weights in
+    else:
+        attributes = getattr(obj, "__dict__", None)
+        if attributes:
+            for item in attributes.values():
+                yield from cache_tensors(item, _depth + 1, _seen)
+
+
+def _is_legacy_past(value: Any) -> bool:
+    """A legacy ``past_key_values``: a tuple of per-layer tuples of tensors."""
+    return (
+        isinstance(value, tuple)
+        and len(value) > 0
+        and all(
+            isinstance(layer, tuple) and layer and isinstance(layer[0], torch.Tensor)
+            for layer in value
+        )
+    )
+
+
+def find_caches(value: Any) -> list[Any]:
+    """The KV caches held by a model's inputs or outputs (a ModelOutput, dict, tuple or Cache)."""
+    found: list[Any] = []
+    if value is None or isinstance(value, torch.Tensor):
+        return found
+    if is_cache_object(value):
+        return [value]
+    past = None
+    if isinstance(value, Mapping):
+        past = value.get("past_key_values")
+    else:
+        past = getattr(value, "past_key_values", None)
+    if past is not None and (is_cache_object(past) or _is_legacy_past(past)):
+        found.append(past)
+    elif isinstance(value, tuple | list) and not isinstance(value, str):
+        for item in value:
+            if item is not None and not isinstance(item, torch.Tensor) and is_cache_object(item):
+                found.append(item)
+    return found

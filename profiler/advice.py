@@ -273,21 +273,37 @@ def _batch_suggestion(facts: RunFacts, capacity: int | None, now: int) -> Sugges
     ratio = new_for_peak / batch
     change = _Change(scaling=(ratio,) * _N)
     steps = max(math.ceil(batch / new_for_peak), 1)
-    params = {"batch_size": new, "accumulation_steps": steps, "effective_batch": new * steps}
+    micro = math.ceil(batch / steps)
+    params: dict[str, Any] = {
+        "batch_size": new,
+        "accumulation_steps": steps,
+        "micro_batch": micro,
+        "effective_batch": micro * steps,
+    }
     if new < 1:
         title = "Even a batch of 1 does not fit: the fixed memory alone exceeds the device"
-        params = {"batch_size": 0, "accumulation_steps": 0, "effective_batch": 0}
+        params = {"batch_size": 0, "accumulation_steps": 0, "micro_batch": 0, "effective_batch": 0}
         suggestion = _make(facts, capacity, now, "batch_size", title, change, params, "")
         return replace(suggestion, fits=False)
     grows = max(sum(m.fixed_and_scaling()[1]) for m in facts.moments)
     per_sample = grows // batch
     if new < batch:
         title = f"Reduce the batch size from {batch} to {new}"
+        if capacity is not None:
+            title += " (the largest that fits)"
         if steps > 1 and facts.training:
-            title += f" and accumulate gradients over {steps} steps (effective batch {new * steps})"
+            title += (
+                f"; to keep the effective batch of {batch}, accumulate gradients over {steps} "
+                f"micro-batches of {micro}"
+            )
     else:
         title = f"The batch size can grow from {batch} to {new}"
-        params = {"batch_size": new, "accumulation_steps": 1, "effective_batch": new}
+        params = {
+            "batch_size": new,
+            "accumulation_steps": 1,
+            "micro_batch": new,
+            "effective_batch": new,
+        }
     fits = None if capacity is None else True  # largest_batch sized it exactly
     detail = (
         f"Activations and batch-sized temporaries take {format_bytes(per_sample)} per sample "

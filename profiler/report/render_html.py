@@ -428,7 +428,7 @@ _SCRIPT = r"""
       var fx = X(n - 1);
       el(svg, "line", {x1: fx, x2: fx, y1: y0, y2: y0 + h, stroke: "#222", "stroke-dasharray": "3 3",
                        "class": "failure"}, d.endLabel);
-      label(svg, fx - 4, y0 + 10, d.endLabel, "end");
+      label(svg, fx - 4, y0 + h - 6, d.endLabel, "end");
     }
     label(svg, x0 + w / 2, y0 + h + 32, "time since the first sample (s): 0 \u2192 " + tmax.toFixed(3), "middle");
     done(svg);

@@ -89,7 +89,8 @@ def test_real_torch_without_cuda_reads_nothing() -> None:
 def test_segment_map_from_snapshot() -> None:
     snapshot = fake_snapshot(
         [
-            (0x7000_0000, 7, [(2 * MiB, "active_allocated"), (6 * MiB, "inactive"), (MiB, "active_awaiting_free"), (3 * MiB, "inactive")]),
+            (0x7000_0000, 7, [(2 * MiB, "active_allocated"), (6 * MiB, "inactive"),
+                              (MiB, "active_awaiting_free"), (3 * MiB, "inactive")]),
             (0x1000_0000, 0, [(1024, "active_allocated"), (512, "inactive")]),
         ]
     )  # fmt: skip

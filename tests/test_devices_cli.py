@@ -88,7 +88,8 @@ def test_no_gpu_in_a_fresh_process() -> None:
 
 def test_text_one_line_per_gpu_with_its_processes() -> None:
     assert render_lines(*collect(FakeSource([H100, A10], PROCS))) == [
-        "GPU 0  NVIDIA H100 80GB HBM3  20.00 GiB / 80.00 GiB used  util 91%  70°C  650 W  MIG off  GPU-aa",
+        "GPU 0  NVIDIA H100 80GB HBM3  20.00 GiB / 80.00 GiB used  util 91%  70°C  650 W  MIG off"
+        "  GPU-aa",
         "    pid 10         15.00 GiB  alice      python train.py --lr 3e-4",
         "    pid 11          4.00 GiB  bob        python eval.py",
         "    pid 12                 -  ?          Xorg",

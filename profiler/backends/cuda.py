@@ -35,6 +35,7 @@ __all__ = [
     "TorchCudaApi",
     "allocated_bytes",
     "allocator_reading",
+    "current_device_index",
     "device_uuid",
     "host_allocator_reading",
     "is_initialized",
@@ -116,7 +117,7 @@ class TorchCudaApi:
         return torch.cuda.host_memory_stats()
 
     def device_uuid(self, index: int) -> str | None:
-        """The UUID CUDA reports for device ``index`` ("GPU-…" or "MIG-…" normalised by callers)."""
+        """The UUID CUDA reports for device ``index`` (callers normalise the spelling)."""
         uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
         return None if uuid is None else str(uuid)
 
@@ -197,6 +198,14 @@ def device_uuid(index: int | None = None, *, api: AllocatorApi | None = None) ->
         return api.device_uuid(index)
     except (RuntimeError, AssertionError, AttributeError):
         return None
+
+
+def current_device_index(*, api: AllocatorApi | None = None) -> int:
+    """The current CUDA device's index, or 0 while CUDA is not initialised (never initialises)."""
+    api = api or _TORCH
+    if not api.is_initialized():
+        return 0
+    return int(torch.cuda.current_device())
 
 
 # -- the segment map -------------------------------------------------------------------------

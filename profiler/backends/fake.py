@@ -401,8 +401,8 @@ def fake_snapshot(
 
     Args:
         segments: each item is ``(address, stream, [(size, state), ...])``; the blocks are
-            laid out back to back and the segment's size is their sum. ``state`` is ``"active_allocated"``,
-            ``"active_awaiting_free"`` or ``"inactive"``.
+            laid out back to back and the segment's size is their sum. ``state`` is
+            ``"active_allocated"``, ``"active_awaiting_free"`` or ``"inactive"``.
         device: the device every segment is on.
     """
     out = []

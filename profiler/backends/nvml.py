@@ -544,9 +544,14 @@ def default_source() -> NvmlSource:
 def process_reading(device_index: int | None = None) -> NvmlReading | None:
     """NVML's figures for this process on CUDA device ``device_index``; ``None`` without NVML.
 
-    Where NVML is unavailable this warns once and returns ``None`` (a degraded mode, not an error).
+    ``None`` for ``device_index`` means the current CUDA device. Where NVML is unavailable this
+    warns once and returns ``None`` (a degraded mode, not an error).
     """
     global _warned_unavailable
+    if device_index is None:
+        from profiler.backends import cuda
+
+        device_index = cuda.current_device_index()
     try:
         return default_source().process_reading(device_index)
     except BackendUnavailable as exc:

@@ -252,8 +252,7 @@ def alerts_for(session: SessionView, devices: Sequence[DeviceInfo]) -> tuple[Ale
                 f"OOM risk: full in {format_duration(left)} at "
                 f"{format_bytes(risk.growth_per_step, signed=True)}/step "
                 f"({format_bytes(risk.current)} of {format_bytes(risk.capacity)})",
-                "look for a leak: tensors kept across steps (losses appended without .item(), "
-                "caches, hooks)",
+                "look for tensors kept across steps (appended losses, caches, hooks)",
                 session.step,
             )
         )

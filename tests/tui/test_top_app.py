@@ -1,0 +1,196 @@
+"""``gpumem top`` driven headless with a Pilot over scripted sources (no NVML, frozen clock)."""
+
+from __future__ import annotations
+
+import threading
+
+from conftest import FIXED_TIME, ScriptedSource, make_session, scripted_builder
+from textual.pilot import Pilot
+from textual.widgets import DataTable
+
+from profiler.records import CATEGORIES
+from tui.app import GpumemTopApp, HelpScreen, SessionScreen
+from tui.snapshot import Snapshot, SnapshotBuilder
+from tui.widgets.panels import (
+    AlertsPanel,
+    DevicesPanel,
+    HistoryPanel,
+    NoGpuBanner,
+    ProcessesTable,
+    SessionsTable,
+    StatusBar,
+)
+
+SIZE = (120, 40)
+
+
+async def settle(pilot: Pilot[None]) -> None:
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+def column(table: DataTable[str], index: int) -> list[str]:
+    return [str(table.get_row_at(row)[index]) for row in range(table.row_count)]
+
+
+def plain(widget: object) -> str:
+    return str(widget.render())  # type: ignore[attr-defined]
+
+
+async def test_first_snapshot_fills_every_panel() -> None:
+    app = GpumemTopApp(scripted_builder(), interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert app.snapshot.time == FIXED_TIME
+        sessions = app.query_one(SessionsTable)
+        assert column(sessions, 0) == ["train", "eval", "old-run"]
+        assert column(sessions, 2) == ["-", "1/2", "-"]
+        assert column(sessions, 7) == ["live", "live", "ok"]
+        assert sessions.get_row_at(2)[0].style == "dim"  # ended: dimmed
+        assert column(app.query_one(ProcessesTable), 0) == ["1014", "1007", "1021", "1000"]
+        assert not app.query_one(NoGpuBanner).display
+        status = plain(app.query_one(StatusBar))
+        assert status.startswith("gpumem top  08:00:00 UTC  ·  2 GPUs  ·  4 processes  ·  2 live")
+        screen_text = app.export_screenshot()
+        assert "GPU0" in screen_text and "GPU1" in screen_text and "GPU2" not in screen_text
+
+
+async def test_keys_sort_pause_tab_enter_escape_help_quit() -> None:
+    builder = scripted_builder()
+    app = GpumemTopApp(builder, interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        processes = app.query_one(ProcessesTable)
+        await pilot.press("s")
+        assert app.sort == "pid"
+        assert column(processes, 0) == ["1000", "1007", "1014", "1021"]
+        await pilot.press("s", "s")
+        assert app.sort == "command"
+        await pilot.press("s")
+        assert app.sort == "memory"
+        assert "sort: memory" in plain(app.query_one(StatusBar))
+
+        # pause: new snapshots are not taken while paused
+        await pilot.press("p")
+        assert app.paused and "PAUSED" in plain(app.query_one(StatusBar))
+        fetches = app.fetches
+        app.fetch()
+        await settle(pilot)
+        assert app.fetches == fetches
+        await pilot.press("p")
+        assert not app.paused
+        app.fetch()
+        await settle(pilot)
+        assert app.fetches == fetches + 1
+
+        # tab moves the focus between the tables
+        assert app.focused is app.query_one(SessionsTable)
+        await pilot.press("tab")
+        assert app.focused is processes
+        await pilot.press("shift+tab")
+        assert app.focused is app.query_one(SessionsTable)
+
+        # arrows and enter open the second session; escape comes back
+        await pilot.press("down", "enter")
+        await pilot.pause()
+        assert isinstance(app.screen, SessionScreen)
+        assert app.screen.session_id == make_session("eval", 4243).id
+        await pilot.press("escape")
+        assert not isinstance(app.screen, SessionScreen)
+
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+        await pilot.press("q")
+    assert app.return_code == 0
+
+
+async def test_session_screen_shows_alerts_history_and_follows_updates() -> None:
+    builder = scripted_builder()
+    app = GpumemTopApp(builder, interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("enter")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, SessionScreen)
+        alerts = plain(screen.query_one(AlertsPanel))
+        assert alerts.splitlines()[0].startswith("WARNING OOM risk: full in 17m13s")
+        assert "activations grow 64.00 MiB/step at train.py:57" in alerts
+        history = plain(screen.query_one(HistoryPanel)).splitlines()
+        named = [line.split()[0] for line in history]
+        assert named == ["total", "weights", "gradients", "optimizer", "activations", "temporaries"]
+        assert len(CATEGORIES) == 8
+        # the session ends: the next snapshot drops it and the screen says so, without a crash
+        builder.sessions.views = []  # type: ignore[union-attr]
+        app.fetch()
+        await settle(pilot)
+        assert plain(screen.query_one(AlertsPanel)) == "this session is no longer listed"
+
+
+async def test_no_gpu_shows_a_banner_and_the_rest_works() -> None:
+    app = GpumemTopApp(scripted_builder(no_gpu=True), interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        banner = app.query_one(NoGpuBanner)
+        assert banner.display
+        assert plain(banner).startswith(
+            "No GPU: NVML library not available (NVML Shared Library Not Found)."
+        )
+        assert not app.query_one(DevicesPanel).display
+        assert column(app.query_one(SessionsTable), 0) == ["train", "eval", "old-run"]
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, SessionScreen)
+
+
+async def test_failing_sources_show_messages_in_place() -> None:
+    source = ScriptedSource(device_error=RuntimeError("GPU is lost"), process_error=OSError("no"))
+    builder = SnapshotBuilder(source, None, clock=lambda: FIXED_TIME)
+    app = GpumemTopApp(builder, interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert plain(app.query_one(NoGpuBanner)).startswith("No GPU: devices unavailable: GPU is")
+        assert app.query_one(ProcessesTable).border_subtitle == "processes unavailable: no"
+
+
+class _Blocking:
+    """A builder that blocks until released, like NVML hanging on a sick GPU."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.started = threading.Event()
+
+    def build(self) -> Snapshot:
+        self.started.set()
+        self.release.wait(10)
+        return Snapshot(time=FIXED_TIME)
+
+
+async def test_a_hanging_source_never_blocks_the_keys() -> None:
+    builder = _Blocking()
+    app = GpumemTopApp(builder, interval=0.05)
+    async with app.run_test(size=SIZE) as pilot:
+        assert builder.started.wait(5)
+        await pilot.press("p")  # handled while the worker is stuck
+        assert app.paused
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        assert app.fetches == 0  # one fetch at a time: no pile-up of stuck workers
+        builder.release.set()
+        await settle(pilot)
+        assert app.fetches == 1
+        assert app.snapshot.time == 0.0  # paused: the late snapshot is not shown
+
+
+async def test_a_raising_builder_shows_its_error() -> None:
+    class Broken:
+        def build(self) -> Snapshot:
+            raise ValueError("broken builder")
+
+    app = GpumemTopApp(Broken(), interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert app.snapshot.device_error == "snapshot failed: broken builder"

@@ -1,0 +1,252 @@
+"""``gpumem estimate``: will it fit? Memory per category for a model, and which GPUs hold it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from typing import Any
+
+HELP = "Estimate memory per category for a model or preset, and which GPUs it fits."
+
+#: The GPUs of the default table (the whole catalog is in --json).
+TABLE_GPUS = (
+    "RTX 3090",
+    "RTX 4090",
+    "RTX 5090",
+    "A10",
+    "L4",
+    "L40S",
+    "A100 40GB",
+    "A100 80GB",
+    "H100 80GB",
+    "H200 141GB",
+    "B200",
+    "MI300X",
+)
+
+_COUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmbt]?)\s*$", re.IGNORECASE)
+_SCALE = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The estimate command's options."""
+    parser.add_argument(
+        "model",
+        nargs="?",
+        help="a preset (see --list), a path to config.json, or a parameter count like 7B",
+    )
+    parser.add_argument("--list", action="store_true", help="list the model presets and exit")
+    parser.add_argument(
+        "--precision",
+        "-p",
+        help="fp32, fp16, bf16, int8, int4, gptq, awq, nf4, nf4-dq, llm-int8, q8_0, q5_k_m, q4_k_m",
+    )
+    parser.add_argument(
+        "--mode", "-m", default="inference", help="inference (default), train, lora, qlora"
+    )
+    parser.add_argument(
+        "--optimizer", "-o", default="adamw", help="adamw (default), adamw-8bit, sgd, adafactor"
+    )
+    parser.add_argument("--batch", "-b", default="1", help="batch size (default 1)")
+    parser.add_argument(
+        "--seq", "--context", "-s", dest="seq", help="sequence or context length (default 2048)"
+    )
+    parser.add_argument("--gpu", "-g", help="a GPU: show the largest batch and context that fit")
+    parser.add_argument(
+        "--checkpointing",
+        action="store_true",
+        help="gradient checkpointing (keep each block's input only)",
+    )
+    parser.add_argument("--attention", default="sdpa", help="sdpa (default), flash, eager")
+    parser.add_argument(
+        "--master-weights",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep fp32 master weights (default: on for 16-bit full training)",
+    )
+    parser.add_argument("--optimizer-dtype", help="dtype of optimizer moments (default: weights')")
+    parser.add_argument("--lora-rank", default="16", help="LoRA rank (default 16)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _whole(name: str, text: str | None) -> int | None:
+    from profiler.errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"{name} must be a whole number, got {text!r}") from None
+    if value <= 0:
+        raise UsageError(f"{name} must be positive, got {value}")
+    return value
+
+
+def _param_count(text: str) -> int | None:
+    match = _COUNT.match(text)
+    if match is None or "." in text and not match.group(2) and "e" not in text.lower():
+        return None
+    if not match.group(2) and "e" not in text.lower():
+        return None  # a bare integer is not a model
+    return int(float(match.group(1)) * _SCALE[match.group(2).lower()])
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "precision": args.precision,
+        "mode": args.mode,
+        "optimizer": args.optimizer,
+        "batch": _whole("batch", args.batch),
+        "seq": _whole("seq", args.seq),
+        "gradient_checkpointing": args.checkpointing,
+        "attention": args.attention,
+        "master_weights": args.master_weights,
+        "optimizer_dtype": args.optimizer_dtype,
+        "lora_rank": _whole("lora rank", args.lora_rank),
+    }
+
+
+def _largest(fits: Any, low: int, high: int) -> int | None:
+    """The largest n in [low, high] with fits(n), assuming fits is monotone; None if none."""
+    if not fits(low):
+        return None
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def limits(model: Any, options: dict[str, Any], gpu: Any) -> dict[str, int | None]:
+    """Largest batch (at the given seq) and longest seq (at the given batch) that fit on gpu."""
+    from profiler.predict.estimate import estimate
+
+    base = estimate(model, **options)
+    seq, batch = base.seq, base.batch
+
+    def batch_fits(n: int) -> bool:
+        return estimate(model, **{**options, "batch": n, "seq": seq}).fits(gpu)
+
+    def seq_fits(n: int) -> bool:
+        return estimate(model, **{**options, "batch": batch, "seq": n}).fits(gpu)
+
+    return {
+        "max_batch": _largest(batch_fits, 1, 1 << 16),
+        "max_seq": _largest(seq_fits, 1, 1 << 22),
+    }
+
+
+def _list(out: Any, as_json: bool) -> int:
+    from profiler.predict.formulas import kv_cache_bytes_per_token, parameter_count
+    from profiler.predict.modelshape import shape_from_config
+    from profiler.predict.presets import load_preset, preset_names
+    from profiler.units import format_bytes
+
+    rows = []
+    for name in preset_names():
+        data = load_preset(name)
+        shape = shape_from_config(data, name=name)
+        rows.append(
+            {
+                "name": name,
+                "display": data.get("display", name),
+                "hf_id": data.get("hf_id"),
+                "parameters": parameter_count(shape),
+                "layers": shape.num_layers,
+                "kv_heads": shape.num_kv_heads,
+                "context": shape.max_positions,
+                "kv_bytes_per_token_fp16": kv_cache_bytes_per_token(shape, 2),
+            }
+        )
+    if as_json:
+        out.write(json.dumps({"presets": rows}, indent=2) + "\n")
+        return 0
+    out.write(
+        f"{'preset':<14} {'model':<18} {'params':>8} {'layers':>6} {'kv heads':>8} "
+        f"{'context':>8} {'KV/token':>11}\n"
+    )
+    for r in rows:
+        out.write(
+            f"{r['name']:<14} {r['display']:<18} {r['parameters'] / 1e9:>7.2f}B {r['layers']:>6} "
+            f"{r['kv_heads']:>8} {r['context'] or '-':>8} "
+            f"{format_bytes(r['kv_bytes_per_token_fp16']):>11}\n"
+        )
+    return 0
+
+
+def _gb(n: int) -> str:
+    from profiler.units import GB
+
+    return f"{n / GB:.2f}"
+
+
+def _render(est: Any, gpus: list[Any], extra: dict[str, Any], out: Any) -> None:
+    from profiler.units import format_bytes
+
+    trainer = f" · {est.optimizer}" if est.optimizer else ""
+    out.write(
+        f"{est.model} · {est.mode} · {est.precision}{trainer} · batch {est.batch} · "
+        f"{'seq' if est.mode != 'inference' else 'context'} {est.seq} · "
+        f"{est.parameters / 1e9:.2f}B parameters\n\n"
+    )
+    out.write(f"{'':<18} {'GB':>9} {'':>11}\n")
+    for category, nbytes in est.categories.items():
+        out.write(f"{str(category):<18} {_gb(nbytes):>9} {format_bytes(nbytes):>11}\n")
+    for line in est.overheads:
+        out.write(f"{line.name:<18} {_gb(line.bytes):>9} {format_bytes(line.bytes):>11}\n")
+    out.write(f"{'total':<18} {_gb(est.total):>9} {format_bytes(est.total):>11}\n")
+    for note in est.notes:
+        out.write(f"note: {note}\n")
+    out.write(f"\n{'GPU':<12} {'memory':>11} {'needed':>11}  fits\n")
+    for gpu in gpus:
+        needed = est.required_on(gpu)
+        verdict = "yes" if needed <= gpu.memory_bytes else "no"
+        out.write(
+            f"{gpu.name:<12} {format_bytes(gpu.memory_bytes):>11} {format_bytes(needed):>11}"
+            f"  {verdict}\n"
+        )
+    if extra:
+        label = "seq" if est.mode != "inference" else "context"
+        out.write(
+            f"\non {extra['gpu']}: largest batch at {label} {est.seq}: "
+            f"{extra['max_batch'] if extra['max_batch'] is not None else 'none fits'}; "
+            f"longest {label} at batch {est.batch}: "
+            f"{extra['max_seq'] if extra['max_seq'] is not None else 'none fits'}\n"
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the estimate table (or JSON) and the GPU fit table."""
+    from profiler.errors import UsageError
+    from profiler.predict.estimate import estimate
+    from profiler.predict.gpus import GPUS, find_gpu
+
+    out = sys.stdout
+    if args.list:
+        return _list(out, args.json)
+    if not args.model:
+        raise UsageError("estimate needs a MODEL", hint="a preset name (gpumem estimate --list)")
+    options = _options(args)
+    count = _param_count(args.model)
+    model: Any = count if count is not None else args.model
+    spec = find_gpu(args.gpu) if args.gpu else None
+    est = estimate(model, **options, gpu=spec)
+    gpus = [find_gpu(name) for name in TABLE_GPUS]
+    if spec is not None and spec not in gpus:
+        gpus.append(spec)
+    extra: dict[str, Any] = {}
+    if spec is not None:
+        extra = {"gpu": spec.name, **limits(model, {**options, "gpu": spec}, spec)}
+    if args.json:
+        data = est.to_dict(gpus)
+        if extra:
+            data["limits"] = extra
+        out.write(json.dumps(data, indent=2) + "\n")
+        return 0
+    _render(est, gpus, extra, out)
+    return 0

@@ -128,6 +128,17 @@ def limits(model: Any, options: dict[str, Any], gpu: Any) -> dict[str, int | Non
 
     base = estimate(model, **options)
     seq, batch = base.seq, base.batch
+    longest = 1 << 22
+    if isinstance(model, str) and not isinstance(model, bool):
+        from profiler.predict.modelshape import shape_from_config
+        from profiler.predict.presets import find_preset, load_preset
+
+        try:
+            shape = shape_from_config(load_preset(find_preset(model)))
+        except Exception:  # noqa: BLE001 - a config path: no cap beyond the search range
+            shape = None
+        if shape is not None and shape.max_positions:
+            longest = shape.max_positions
 
     def batch_fits(n: int) -> bool:
         return estimate(model, **{**options, "batch": n, "seq": seq}).fits(gpu)
@@ -137,7 +148,8 @@ def limits(model: Any, options: dict[str, Any], gpu: Any) -> dict[str, int | Non
 
     return {
         "max_batch": _largest(batch_fits, 1, 1 << 16),
-        "max_seq": _largest(seq_fits, 1, 1 << 22),
+        "max_seq": _largest(seq_fits, 1, longest),
+        "seq_limit": longest if longest != 1 << 22 else None,
     }
 
 
@@ -194,7 +206,7 @@ def _render(est: Any, gpus: list[Any], extra: dict[str, Any], out: Any) -> None:
         f"{'seq' if est.mode != 'inference' else 'context'} {est.seq} · "
         f"{est.parameters / 1e9:.2f}B parameters\n\n"
     )
-    out.write(f"{'':<18} {'GB':>9} {'':>11}\n")
+    out.write(f"{'category':<18} {'GB':>9} {'bytes':>11}\n")
     for category, nbytes in est.categories.items():
         out.write(f"{str(category):<18} {_gb(nbytes):>9} {format_bytes(nbytes):>11}\n")
     for line in est.overheads:
@@ -216,7 +228,9 @@ def _render(est: Any, gpus: list[Any], extra: dict[str, Any], out: Any) -> None:
             f"\non {extra['gpu']}: largest batch at {label} {est.seq}: "
             f"{extra['max_batch'] if extra['max_batch'] is not None else 'none fits'}; "
             f"longest {label} at batch {est.batch}: "
-            f"{extra['max_seq'] if extra['max_seq'] is not None else 'none fits'}\n"
+            f"{extra['max_seq'] if extra['max_seq'] is not None else 'none fits'}"
+            + (f" (the model's limit is {extra['seq_limit']})" if extra.get("seq_limit") else "")
+            + "\n"
         )
 
 
@@ -224,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the estimate table (or JSON) and the GPU fit table."""
     from profiler.errors import UsageError
     from profiler.predict.estimate import estimate
-    from profiler.predict.gpus import GPUS, find_gpu
+    from profiler.predict.gpus import find_gpu
 
     out = sys.stdout
     if args.list:

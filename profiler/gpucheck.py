@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Workload", "agreement", "main", "run_kit", "workloads"]
+__all__ = ["Kit", "Workload", "agreement", "main", "parse_pytest_output", "run_kit", "workloads"]
 
 #: Exact mode must agree with torch's own allocated counter within this fraction.
 TOLERANCE = 0.01
@@ -240,7 +240,7 @@ def _breakdown(mem: Any) -> dict[str, dict[str, int]]:
     return out
 
 
-class _Kit:
+class Kit:
     """One run of the kit: the summary being built, the checks, the time budget."""
 
     def __init__(self, device: torch.device, tiny: bool, budget: float) -> None:
@@ -548,7 +548,7 @@ def _env(device: torch.device) -> dict[str, Any]:
         env["gpu"] = props.name
         env["gpu_memory"] = int(props.total_memory)
         env["capability"] = f"{props.major}.{props.minor}"
-    env["textual_imported"] = "textual" in sys.modules
+    env["textual_imported"] = sys.modules.get("textual") is not None
     return env
 
 
@@ -610,7 +610,7 @@ def run_kit(
         return summary
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    kit = _Kit(device, tiny, budget)
+    kit = Kit(device, tiny, budget)
     kit.section("warm_up", lambda: _warm_up(device))
     results: dict[str, Any] = {}
     for workload in workloads(tiny):
@@ -658,7 +658,7 @@ def run_kit(
     summary["checks"] = kit.checks
     summary["errors"] = kit.errors
     summary["seconds"] = round(kit.elapsed(), 1)
-    summary["env"]["textual_imported"] = "textual" in sys.modules
+    summary["env"]["textual_imported"] = sys.modules.get("textual") is not None
     summary["ok"] = all(c["ok"] for c in kit.checks if c["ok"] is not None) and not kit.errors
     return summary
 

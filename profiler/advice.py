@@ -200,7 +200,7 @@ def peak_after(facts: RunFacts, change: _Change = _NO_CHANGE) -> int:
         total = change.extra
         for i in range(_N):
             total += fixed[i] * change.fixed[i] + scaling[i] * change.scaling[i]
-        best = max(best, math.ceil(total))
+        best = max(best, math.ceil(round(total, 6)))
     return best
 
 

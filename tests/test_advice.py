@@ -1,0 +1,158 @@
+"""Fix suggestions as pure functions of measured moments: exact savings, fits and ranking."""
+
+from __future__ import annotations
+
+import pytest
+
+from profiler.advice import Moment, RunFacts, largest_batch, peak_after, rank
+
+
+def _bytes(w=0, b=0, g=0, o=0, a=0, kv=0, t=0, other=0) -> tuple[int, ...]:
+    return (w, b, g, o, a, kv, t, other)
+
+
+#: End of forward (activations alive) and the optimizer step (Adam scratch) of a training run.
+TRAINING = RunFacts(
+    moments=(
+        Moment("backward", _bytes(w=100, a=1000, t=50, other=10)),
+        Moment("optimizer", _bytes(w=100, g=100, o=200, t=100, other=10)),
+    ),
+    capacity=1000,
+    batch=10,
+    training=True,
+    optimizer_class="AdamW",
+    optimizer_bytes=200,
+    gradient_bytes=100,
+    weight_bytes=100,
+    param_count=25,
+    trainable_param_count=25,
+    layer_activations=(300, 300, 300),
+    layer_inputs=(50, 50, 50),
+)
+
+
+def test_peak_charges_the_full_optimizer_state_at_every_moment():
+    # forward end: 100 weights + 200 optimizer state (not yet created) + 10 other + 1050
+    assert peak_after(TRAINING) == 1360
+
+
+@pytest.mark.parametrize(
+    ("capacity", "expected"), [(1000, 6), (1045, 7), (1044, 6), (310, 0), (309, 0)]
+)
+def test_largest_batch_is_exact(capacity, expected):
+    # fits when 310 + 105 * b <= capacity and the optimizer step (510) fits
+    assert largest_batch(TRAINING, capacity) == expected
+
+
+def test_ranked_suggestions_with_exact_savings():
+    found = rank(TRAINING)
+    summary = [(s.kind, s.saves_bytes, s.fits, s.peak_after) for s in found]
+    assert summary == [
+        ("precision", 475, True, 885),
+        ("checkpointing", 450, True, 910),
+        ("batch_size", 420, True, 940),
+        ("lora", 284, False, 1076),
+        ("offload", 200, False, 1160),
+        ("lora", 198, False, 1162),
+        ("optimizer", 150, False, 1210),
+    ]
+    batch = found[2]
+    assert dict(batch.params) == {
+        "batch_size": 6,
+        "accumulation_steps": 2,
+        "micro_batch": 5,
+        "effective_batch": 10,
+    }
+    assert batch.title == (
+        "Reduce the batch size from 10 to 6 (the largest that fits); to keep the effective batch "
+        "of 10, accumulate gradients over 2 micro-batches of 5"
+    )
+    assert dict(found[3].params) == {"method": "qlora", "rank": 16, "bits": 4}
+    assert dict(found[6].params) == {"optimizer": "bitsandbytes.optim.AdamW8bit", "state_bytes": 50}
+
+
+def test_capacity_argument_overrides_and_none_means_unknown():
+    roomy = rank(TRAINING, capacity=10_000)
+    assert [s.kind for s in roomy if s.fits is not True] == []
+    batch = next(s for s in roomy if s.kind == "batch_size")
+    assert batch.params["batch_size"] == 92  # (10000 - 310) * 10 // 1050
+    assert batch.saves_bytes == 1360 - (310 + 1050 * 92 // 10)
+    unknown = rank(RunFacts(**{**_fields(TRAINING), "capacity": None}))
+    assert {s.fits for s in unknown} == {None}
+    halved = next(s for s in unknown if s.kind == "batch_size")
+    assert (halved.params["batch_size"], halved.saves_bytes) == (5, 525)
+
+
+def test_no_batch_fits_when_fixed_memory_exceeds_the_device():
+    found = rank(TRAINING, capacity=300)
+    batch = next(s for s in found if s.kind == "batch_size")
+    assert (batch.params["batch_size"], batch.fits) == (0, False)
+
+
+def _fields(facts: RunFacts) -> dict:
+    return {name: getattr(facts, name) for name in RunFacts.__slots__}
+
+
+INFERENCE = RunFacts(
+    moments=(Moment("forward", _bytes(w=400, a=100, kv=300)),),
+    capacity=600,
+    batch=2,
+    weight_bytes=400,
+    param_count=100,
+    seq=30,
+)
+
+
+def test_inference_suggestions():
+    found = rank(INFERENCE)
+    summary = [(s.kind, s.saves_bytes, s.fits) for s in found]
+    assert summary == [
+        ("precision", 400, True),
+        ("quantization", 345, True),
+        ("quantization", 300, True),
+        ("batch_size", 200, True),
+        ("kv_cache", 200, True),
+        ("kv_cache", 150, False),
+    ]
+    kv = found[4]
+    assert dict(kv.params) == {"fraction": 0.333, "kv_bytes": 99, "max_positions": 9}
+    assert kv.title.startswith("Cap the KV cache at 9 positions")
+    assert [s.params.get("bits") for s in found[1:3]] == [4, 8]
+    assert found[3].params["batch_size"] == 1
+
+
+def test_fragmentation_and_other_processes():
+    facts = RunFacts(
+        **{
+            **_fields(TRAINING),
+            "capacity": 2000,
+            "overhead": 900,
+            "cached_free": 300,
+            "fragmented": True,
+            "other_processes": 500,
+            "other_pids": (11, 12),
+        }
+    )
+    by_kind = {s.kind: s for s in rank(facts)}
+    allocator = by_kind["allocator"]
+    assert (allocator.saves_bytes, allocator.fits, allocator.peak_after) == (300, True, 1960)
+    assert allocator.params["env"] == "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"
+    others = by_kind["other_processes"]
+    assert (others.saves_bytes, others.fits, others.params["pids"]) == (500, True, [11, 12])
+    # overhead counts against every suggestion: the batch must leave room for it
+    assert by_kind["batch_size"].params["batch_size"] == (2000 - 900 - 310) * 10 // 1050
+
+
+def test_no_fragmentation_advice_when_the_cache_was_not_the_cause():
+    facts = RunFacts(**{**_fields(TRAINING), "cached_free": 300, "fragmented": False})
+    assert "allocator" not in {s.kind for s in rank(facts)}
+
+
+def test_checkpointing_not_suggested_when_on_or_inference():
+    on = RunFacts(**{**_fields(TRAINING), "checkpointing": True})
+    assert "checkpointing" not in {s.kind for s in rank(on)}
+    assert "checkpointing" not in {s.kind for s in rank(INFERENCE)}
+
+
+def test_no_moments_no_suggestions():
+    assert rank(RunFacts(moments=())) == []

@@ -293,6 +293,8 @@ def _parse(filename: str) -> ast.AST | None:
 
 
 def _is_ref(node: ast.AST, name: str, attribute: bool) -> bool:
+    while isinstance(node, ast.Subscript):  # name["key"].append(x) adds to name too
+        node = node.value
     if attribute:
         return isinstance(node, ast.Attribute) and node.attr == name
     return isinstance(node, ast.Name) and node.id == name
@@ -650,6 +652,9 @@ def find_holders(
     hook_codes = _hook_codes(model)
     holders = []
     for item in found.values():
+        if item.kind in ("local", "global") and item.container == "Tensor":
+            continue  # a variable naming one tensor cannot grow step after step
+
         site = None
         if item.filename:
             lines = mutation_lines(

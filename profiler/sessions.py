@@ -174,6 +174,7 @@ class StepPoint:
     peak: int
     bytes: tuple[int, ...]
     session_peak: int | None = None
+    peak_bytes: tuple[int, ...] | None = None  # per category at the step's peak
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,6 +437,7 @@ class _SessionState:
                 return
             peak = _int_or_none(data.get("peak")) or total
             session_peak = _int_or_none(data.get("session_peak"))
+            peak_bytes = data.get("peak_bytes")
             point = StepPoint(
                 step,
                 t,
@@ -444,6 +446,7 @@ class _SessionState:
                 peak,
                 _bytes_tuple(data.get("bytes")),
                 session_peak,
+                _bytes_tuple(peak_bytes) if isinstance(peak_bytes, Mapping) else None,
             )
             if self.steps and self.steps[-1].step == step:
                 self.steps[-1] = point

@@ -314,13 +314,20 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def category_rows(session: SessionView) -> list[tuple[str, int | None, int | None]]:
-    """(category, measured, predicted) for each category with any bytes, in fixed order."""
+def category_rows(session: SessionView) -> list[tuple[str, int, int | None, int | None]]:
+    """(category, now, at the last step's peak, predicted) for each category with any bytes.
+
+    "At peak" is what each category held at the moment the last finished step peaked: the figure
+    that predictions (of peak memory) are comparable with. ``None`` before the first step end.
+    """
     predicted = dict(session.meta.predicted)
-    measured = session.bytes or (0,) * len(CATEGORIES)
+    size = len(CATEGORIES)
+    now = session.bytes or (0,) * size
+    at_peak = session.steps[-1].peak_bytes if session.steps else None
     rows = []
-    for category, value in zip(CATEGORIES, measured, strict=True):
+    for i, category in enumerate(CATEGORIES):
         guess = predicted.get(str(category))
-        if value or guess:
-            rows.append((str(category), value, guess))
+        peak = None if at_peak is None else at_peak[i]
+        if now[i] or guess or peak:
+            rows.append((str(category), now[i], peak, guess))
     return rows

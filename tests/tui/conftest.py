@@ -122,7 +122,7 @@ def make_session(
         history.append(HistoryPoint(start + i * step_seconds + 0.5, i, sum(idle), idle))
         step_points.append(
             StepPoint(i, start + (i + 1) * step_seconds, step_seconds, sum(idle), sum(forward),
-                      idle, None)
+                      idle, None, forward)
         )  # fmt: skip
     last = step_points[-1] if step_points else None
     meta = SessionMeta(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import threading
 
 from conftest import FIXED_TIME, ScriptedSource, make_session, scripted_builder
+from rich.console import Console
+from rich.text import Text
 from textual.pilot import Pilot
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Static
 
 from profiler.records import CATEGORIES
 from tui.app import GpumemTopApp, HelpScreen, SessionScreen
@@ -33,8 +36,14 @@ def column(table: DataTable[str], index: int) -> list[str]:
     return [str(table.get_row_at(row)[index]) for row in range(table.row_count)]
 
 
-def plain(widget: object) -> str:
-    return str(widget.render())  # type: ignore[attr-defined]
+def plain(widget: Static) -> str:
+    """What a Static widget shows, as plain text (rendered at 110 columns)."""
+    content = widget.content
+    if isinstance(content, str | Text):
+        return str(content)
+    console = Console(file=io.StringIO(), width=110, color_system=None)
+    console.print(content)
+    return "\n".join(line.rstrip() for line in console.file.getvalue().splitlines())  # type: ignore[attr-defined]
 
 
 async def test_first_snapshot_fills_every_panel() -> None:
@@ -117,7 +126,7 @@ async def test_session_screen_shows_alerts_history_and_follows_updates() -> None
         screen = app.screen
         assert isinstance(screen, SessionScreen)
         alerts = plain(screen.query_one(AlertsPanel))
-        assert alerts.splitlines()[0].startswith("WARNING OOM risk: full in 17m13s")
+        assert alerts.splitlines()[0].startswith("WARNING  OOM risk: full in 17m13s")
         assert "activations grow 64.00 MiB/step at train.py:57" in alerts
         history = plain(screen.query_one(HistoryPanel)).splitlines()
         named = [line.split()[0] for line in history]

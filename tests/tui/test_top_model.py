@@ -152,10 +152,10 @@ def test_frame_text_golden() -> None:
         " train  4242  -     cuda:0  19    9.44 GiB  15.44 GiB  live\n"
         "\n"
         "ALERTS train (pid 4242)\n"
-        "WARNING OOM risk: full in 17m13s at +64.00 MiB/step (15.44 GiB of 80.00 GiB)\n"
-        "        fix: look for tensors kept across steps (appended losses, caches, hooks)\n"
-        "WARNING activations grow 64.00 MiB/step at train.py:57\n"
-        "        fix: append loss.item(), not loss, to the history list\n"
+        "WARNING  OOM risk: full in 17m13s at +64.00 MiB/step (15.44 GiB of 80.00 GiB)\n"
+        "         fix: look for tensors kept across steps (appended losses, caches, hooks)\n"
+        "WARNING  activations grow 64.00 MiB/step at train.py:57\n"
+        "         fix: append loss.item(), not loss, to the history list\n"
     )
 
 

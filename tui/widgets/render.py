@@ -131,48 +131,56 @@ def session_row(session: SessionView) -> tuple[str, ...]:
 
 
 def render_category_bars(session: SessionView, width: int = 80) -> RenderableType:
-    """Measured beside predicted as two stacked bars, and a legend table by category."""
+    """Stacked bars by category (now, at the last step's peak, predicted) and a legend table."""
     rows = category_rows(session)
-    measured_total = sum(m or 0 for _, m, _ in rows)
-    predicted_total = sum(p or 0 for _, _, p in rows)
-    scale = max(measured_total, predicted_total, 1)
+    if not rows:
+        return Text("no samples yet", style="dim")
+    now_total = sum(r[1] for r in rows)
+    has_peak = any(r[2] is not None for r in rows)
+    peak_total = sum(r[2] or 0 for r in rows)
+    predicted_total = sum(r[3] or 0 for r in rows)
+    scale = max(now_total, peak_total, predicted_total, 1)
     inner = max(10, width - 12)
 
     def stacked(label: str, values: Sequence[tuple[str, int]]) -> Text:
         text = Text(f"{label:<10}")
         used = 0
         for name, value in values:
-            cells = int(round(value / scale * inner))
-            cells = min(cells, inner - used)
+            cells = min(int(round(value / scale * inner)), inner - used)
             text.append("█" * cells, style=CATEGORY_STYLES.get(name, "white"))
             used += cells
         text.append("·" * (inner - used), style="grey35")
         return text
 
-    lines: list[RenderableType] = [stacked("measured", [(n, m or 0) for n, m, _ in rows])]
+    lines: list[RenderableType] = [stacked("now", [(r[0], r[1]) for r in rows])]
+    if has_peak:
+        lines.append(stacked("at peak", [(r[0], r[2] or 0) for r in rows]))
     if predicted_total:
-        lines.append(stacked("predicted", [(n, p or 0) for n, _, p in rows]))
+        lines.append(stacked("predicted", [(r[0], r[3] or 0) for r in rows]))
     legend = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold")
     legend.add_column("category")
-    legend.add_column("measured", justify="right")
+    legend.add_column("now", justify="right")
+    legend.add_column("at peak", justify="right")
     legend.add_column("predicted", justify="right")
-    legend.add_column("diff", justify="right")
-    for name, value, guess in rows:
-        diff = "-" if guess is None or value is None else format_bytes(value - guess, signed=True)
+    legend.add_column("peak − predicted", justify="right")
+    for name, value, peak, guess in rows:
+        diff = "-" if guess is None or peak is None else format_bytes(peak - guess, signed=True)
         legend.add_row(
             Text("■ ", style=CATEGORY_STYLES.get(name, "white")) + Text(name),
             format_bytes(value),
+            format_bytes(peak),
             format_bytes(guess),
             diff,
         )
     legend.add_row(
         Text("total", style="bold"),
-        format_bytes(measured_total),
+        format_bytes(now_total),
+        format_bytes(peak_total) if has_peak else "-",
         format_bytes(predicted_total) if predicted_total else "-",
-        format_bytes(measured_total - predicted_total, signed=True) if predicted_total else "-",
+        format_bytes(peak_total - predicted_total, signed=True)
+        if predicted_total and has_peak
+        else "-",
     )
-    if not rows:
-        return Text("no samples yet", style="dim")
     return Group(*lines, Text(""), legend)
 
 
@@ -237,15 +245,17 @@ def render_alerts(session: SessionView, devices: Sequence[DeviceInfo]) -> Render
     alerts = alerts_for(session, devices)
     if not alerts:
         return Text("no alerts", style="dim")
-    text = Text()
-    for n, alert in enumerate(alerts[:12]):
-        if n:
-            text.append("\n")
-        text.append(f"{alert.severity.upper():<8}", style=_SEVERITY_STYLES.get(alert.severity))
-        text.append(alert.title)
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(width=8, no_wrap=True)
+    grid.add_column(ratio=1)
+    for alert in alerts[:12]:
+        grid.add_row(
+            Text(alert.severity.upper(), style=_SEVERITY_STYLES.get(alert.severity, "")),
+            Text(alert.title),
+        )
         if alert.fix:
-            text.append(f"\n        fix: {alert.fix}", style="dim")
-    return text
+            grid.add_row(Text(""), Text(f"fix: {alert.fix}", style="dim"))
+    return grid
 
 
 def _session_header(session: SessionView, snapshot: Snapshot) -> Text:

@@ -82,6 +82,11 @@ _RESIZE_OPS = frozenset(
 )
 _graph_task_id = torch._C._current_graph_task_id
 Tensor = torch.Tensor
+# Per-module statistics, one list of ints per module FQN: calls; activation bytes saved by the
+# module itself in this step and the most in any step; the same with its descendants; the highest
+# total above the starting one during its forward and its backward; the total when it started.
+_CALLS, _OWN, _OWN_MAX, _INCL, _INCL_MAX, _FWD_PEAK, _BWD_PEAK, _BASE = range(8)
+_STATS_LEN = 8
 _PHASE_CODES = {Phase.IDLE: 0, Phase.FORWARD: 1, Phase.BACKWARD: 2, Phase.OPTIMIZER: 3}
 
 
@@ -489,7 +494,10 @@ class MemoryTracker:
             self.trainable_param_count = trainable
             config = getattr(model, "config", None)
             self.attention_impl = getattr(config, "_attn_implementation", None)
-            self.checkpointing = getattr(model, "is_gradient_checkpointing", None)
+            for attribute in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+                if hasattr(type(model), attribute):
+                    self.checkpointing = bool(getattr(model, attribute))
+                    break
         self._scan_optimizers()
         if self.mode == "fast":
             self._fast = True
@@ -655,10 +663,9 @@ class MemoryTracker:
             ledger.frames.append(total)
             stats = self._module_stats.get(name)
             if stats is None:
-                # [calls, saved this step, saved max, saved inclusive max, fwd peak, bwd peak, base]
-                stats = self._module_stats[name] = [0, 0, 0, 0, 0, 0, 0]
-            stats[0] += 1
-            stats[6] = total
+                stats = self._module_stats[name] = [0] * _STATS_LEN
+            stats[_CALLS] += 1
+            stats[_BASE] = total
             if self.mode == "exact" and torch.is_grad_enabled():
                 self._hook_inputs(name, args)
         except Exception as error:
@@ -677,11 +684,13 @@ class MemoryTracker:
             peak = ledger.pop_frame() if ledger.frames else 0
             stats = self._module_stats.get(name)
             if stats is not None:
-                base = stats[6]
-                if peak - base > stats[4]:
-                    stats[4] = peak - base
+                base = stats[_BASE]
+                if peak - base > stats[_FWD_PEAK]:
+                    stats[_FWD_PEAK] = peak - base
                 if self._fast and total > base:
-                    stats[1] += total - base
+                    # fast mode: what the forward left behind is what it saved (children included)
+                    stats[_OWN] += total - base
+                    stats[_INCL] += total - base
             ledger.module = stack[-1] if stack else None
             if self.mode == "exact" and torch.is_grad_enabled():
                 self._hook_outputs(name, output)
@@ -745,7 +754,7 @@ class MemoryTracker:
             ledger.module = name
             stats = self._module_stats.get(name)
             if stats is not None:
-                stats[6] = ledger.total
+                stats[_BASE] = ledger.total
         elif name in stack:
             while stack:
                 done = stack.pop()
@@ -758,8 +767,8 @@ class MemoryTracker:
         ledger = self.ledger
         peak = ledger.pop_frame() if ledger.frames else 0
         stats = self._module_stats.get(name)
-        if stats is not None and peak - stats[6] > stats[5]:
-            stats[5] = peak - stats[6]
+        if stats is not None and peak - stats[_BASE] > stats[_BWD_PEAK]:
+            stats[_BWD_PEAK] = peak - stats[_BASE]
 
     # ================================================================== autograd hooks
 
@@ -777,11 +786,11 @@ class MemoryTracker:
                 if module is not None:
                     stats = self._module_stats.get(module)
                     if stats is not None:
-                        stats[1] += entry.nbytes
-                    for outer in self._module_stack[:-1]:
+                        stats[_OWN] += entry.nbytes
+                    for outer in self._module_stack:
                         outer_stats = self._module_stats.get(outer)
                         if outer_stats is not None:
-                            outer_stats[3] += entry.nbytes
+                            outer_stats[_INCL] += entry.nbytes
         except Exception as error:
             self._fail("exact saved-tensor hook", error)
         return tensor
@@ -1013,9 +1022,11 @@ class MemoryTracker:
 
     def _fold_step_modules(self) -> None:
         for stats in self._module_stats.values():
-            if stats[1] > stats[2]:
-                stats[2] = stats[1]
-            stats[1] = 0
+            if stats[_OWN] > stats[_OWN_MAX]:
+                stats[_OWN_MAX] = stats[_OWN]
+            if stats[_INCL] > stats[_INCL_MAX]:
+                stats[_INCL_MAX] = stats[_INCL]
+            stats[_OWN] = stats[_INCL] = 0
 
     # ================================================================== KV cache
 
@@ -1294,11 +1305,11 @@ class MemoryTracker:
         exact = self.mode == "exact"
         frame = pd.DataFrame(
             {
-                "activations": [max(s[1], s[2]) for s in stats],
-                "activations_inclusive": [max(s[1], s[2]) + s[3] for s in stats],
-                "forward_peak": [s[4] for s in stats],
-                "backward_peak": [float(s[5]) if exact else math.nan for s in stats],
-                "calls": [s[0] for s in stats],
+                "activations": [max(s[_OWN], s[_OWN_MAX]) for s in stats],
+                "activations_inclusive": [max(s[_INCL], s[_INCL_MAX]) for s in stats],
+                "forward_peak": [s[_FWD_PEAK] for s in stats],
+                "backward_peak": [float(s[_BWD_PEAK]) if exact else math.nan for s in stats],
+                "calls": [s[_CALLS] for s in stats],
             },
             index=pd.Index(names, name="module"),
         )

@@ -172,7 +172,7 @@ def test_oom_observer_hears_each_oom_and_detaches() -> None:
     assert len(api.observers) == 1  # one dispatcher per allocator, however many observers
     api.fire_oom(0, 4 * MiB, 78 * 1024 * MiB, 3 * MiB)
     notice = OomNotice(
-        device=0, requested=4 * MiB, device_allocated=78 * 1024 * MiB, device_free=3 * MiB
+        device=0, requested=4 * MiB, device_total=78 * 1024 * MiB, device_free=3 * MiB
     )
     assert heard == [notice]
     assert first.notices == [notice] and second.notices == [notice]

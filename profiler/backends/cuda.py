@@ -340,11 +340,16 @@ class MemoryHistory:
 
 @dataclass(frozen=True, slots=True)
 class OomNotice:
-    """What the caching allocator says when an allocation fails (bytes)."""
+    """What the caching allocator says when an allocation fails (bytes).
+
+    ``device_total`` is the device's memory, or the per-process limit where
+    ``torch.cuda.set_per_process_memory_fraction`` set one (torch's Python binding names this
+    argument ``device_allocated``; the allocator passes the total).
+    """
 
     device: int
     requested: int
-    device_allocated: int
+    device_total: int
     device_free: int
 
 

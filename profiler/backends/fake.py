@@ -495,9 +495,7 @@ class FakeAllocator:
         """The scripted UUID of device ``index``."""
         return self.uuids.get(index)
 
-    def fire_oom(
-        self, device: int, requested: int, device_allocated: int, device_free: int
-    ) -> None:
+    def fire_oom(self, device: int, requested: int, device_total: int, device_free: int) -> None:
         """Call every attached observer, as the allocator does before raising OutOfMemoryError."""
         for callback in list(self.observers):
-            callback(device, requested, device_allocated, device_free)
+            callback(device, requested, device_total, device_free)

@@ -120,3 +120,38 @@ def test_parse_pytest_output() -> None:
         ],
     }
     assert parse_pytest_output("") == {"summary": "", "counts": {}, "failures": []}
+
+
+def test_agreement_checks_per_mode_and_figure() -> None:
+    from profiler.gpucheck import Kit, _agreement_checks
+
+    kit = Kit(torch.device("cpu"), tiny=True, budget=10)
+    row = {
+        "exact": {"error": 0.004, "peak": 1004, "reference_peak": 1000,
+                  "current_error": -0.02, "current": 98, "reference_current": 100},
+        "fast": None,
+    }  # fmt: skip
+    _agreement_checks(kit, "mlp_train", row)
+    assert kit.checks == [
+        {"name": "mlp_train:exact_peak_within_1pct", "ok": True, "error": 0.004,
+         "engine": 1004, "torch": 1000},
+        {"name": "mlp_train:exact_current_within_1pct", "ok": False, "error": -0.02,
+         "engine": 98, "torch": 100},
+    ]  # fmt: skip
+
+
+def test_a_failing_section_is_recorded_and_the_budget_skips() -> None:
+    from profiler.gpucheck import Kit
+
+    kit = Kit(torch.device("cpu"), tiny=True, budget=3600)
+
+    def broken() -> None:
+        raise ValueError("no such thing")
+
+    assert kit.section("segments", broken) is None
+    assert kit.checks == [{"name": "segments", "ok": False, "error": "ValueError: no such thing"}]
+    assert kit.errors["segments"].endswith("ValueError: no such thing")
+    assert kit.section("fine", lambda: 7) == 7
+    kit.budget = -1.0
+    assert kit.section("late", lambda: 7) is None
+    assert kit.errors["late"] == "skipped: the kit's -1 s budget is spent"

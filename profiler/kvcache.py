@@ -19,6 +19,8 @@ import torch
 __all__ = ["cache_tensors", "find_caches", "is_cache_object"]
 
 _MAX_DEPTH = 5
+#: Where a model's inputs and outputs carry their KV cache, newest transformers name first.
+_CACHE_KEYS = ("cache", "past_key_values", "past_key_value")
 
 
 def is_cache_object(obj: Any) -> bool:
@@ -77,10 +79,16 @@ def find_caches(value: Any) -> list[Any]:
     if is_cache_object(value):
         return [value]
     past = None
-    if isinstance(value, Mapping):
-        past = value.get("past_key_values")
-    else:
-        past = getattr(value, "past_key_values", None)
+    # transformers 5.2x names the output's cache ``cache``; earlier releases ``past_key_values``
+    # (asking a newer ModelOutput for the old name logs a deprecation, so look before asking).
+    for key in _CACHE_KEYS:
+        if isinstance(value, Mapping):
+            if key in value:
+                past = value[key]
+                break
+        elif key in getattr(value, "__dict__", ()):
+            past = getattr(value, key)
+            break
     if past is not None and (is_cache_object(past) or _is_legacy_past(past)):
         found.append(past)
     elif isinstance(value, tuple | list) and not isinstance(value, str):

@@ -703,9 +703,8 @@ class MemoryTracker:
         try:
             if self.observed_batch is None:
                 self._observe_inputs(args, kwargs)
-            for value in (kwargs.get("past_key_values"), kwargs.get("past_key_value")):
-                if value is not None:
-                    self.mark_kv_cache(value)
+            for value in find_caches(kwargs):
+                self.mark_kv_cache(value)
         except Exception as error:
             self._fail("input inspection", error)
 

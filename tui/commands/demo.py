@@ -1,0 +1,88 @@
+"""``gpumem demo``: train a small transformer for a few steps under track_memory and print the table."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "train a small transformer for a few steps under track_memory and print the breakdown"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=int, default=5, help="training steps (default 5)")
+    parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
+    parser.add_argument("--seq", type=int, default=64, help="sequence length (default 64)")
+    parser.add_argument(
+        "--device", default=None, help="cpu or cuda (default: cuda when present, else cpu)"
+    )
+    parser.add_argument(
+        "--mode", choices=("auto", "exact", "fast"), default="auto", help="measurement mode"
+    )
+    parser.add_argument("--no-stream", action="store_true", help="do not publish to gpumem top")
+
+
+def build_model(device: str):  # type: ignore[no-untyped-def]
+    """A GPT-2-shaped model: transformers' GPT-2 when installed, else a torch-only equivalent."""
+    import torch
+
+    try:
+        import transformers
+    except ImportError:
+        transformers = None
+    with torch.device(device):
+        if transformers is not None:
+            config = transformers.GPT2Config(
+                n_layer=4,
+                n_embd=256,
+                n_head=4,
+                vocab_size=2000,
+                n_positions=256,
+                bos_token_id=0,
+                eos_token_id=0,
+            )
+            config.use_cache = False  # training: no KV cache
+            return transformers.GPT2LMHeadModel(config), True
+        layer = torch.nn.TransformerEncoderLayer(256, 4, 1024, batch_first=True)
+        encoder = torch.nn.TransformerEncoder(layer, 4, enable_nested_tensor=False)
+        model = torch.nn.Sequential(
+            torch.nn.Embedding(2000, 256), encoder, torch.nn.Linear(256, 2000)
+        )
+        return model, False
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from profiler import track_memory
+    from profiler.errors import UsageError
+
+    if args.steps <= 0 or args.batch <= 0 or args.seq <= 0:
+        raise UsageError("--steps, --batch and --seq must be positive")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but CUDA is not available here")
+    torch.manual_seed(0)
+    model, is_hf = build_model(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    vocab = 2000
+    with track_memory(
+        model, optimizer, mode=args.mode, name="gpumem-demo", stream=not args.no_stream
+    ) as mem:
+        for _ in range(args.steps):
+            ids = torch.randint(1, vocab, (args.batch, args.seq), device=device)
+            if is_hf:
+                loss = model(input_ids=ids, labels=ids).loss
+            else:
+                logits = model(ids)
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten())
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    print(mem)
+    print()
+    top = mem.modules().sort_values("activations", ascending=False).head(5)
+    print("top modules by activations saved in their forward (bytes):")
+    for name, value in top["activations"].items():
+        print(f"  {name:<40} {int(value):>12,}")
+    if mem.session_dir is not None:
+        print(f"\nsession stream: {mem.session_dir}  (watch live with `gpumem top`)")
+    return 0

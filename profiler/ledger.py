@@ -74,15 +74,28 @@ class LiveStorage:
     dtype: str | None
 
 
-def _excluded_prefixes() -> tuple[str, ...]:
-    """Directories whose frames are library code, not the user's: torch, transformers, us, stdlib."""
-    prefixes = [os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(__file__))]
+def _library_prefixes() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """Where library frames live: (libraries, site-packages, stdlib).
+
+    A frame is the user's unless it is in torch, transformers, accelerate, peft or gpumem itself,
+    or in the standard library (but code installed in site-packages is the user's).
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    libraries = [os.path.dirname(torch.__file__), here, os.path.join(os.path.dirname(here), "tui")]
     for name in ("transformers", "accelerate", "peft"):
         module = sys.modules.get(name)
         if module is not None and getattr(module, "__file__", None):
-            prefixes.append(os.path.dirname(module.__file__))  # type: ignore[arg-type]
-    prefixes.append(os.path.dirname(os.__file__))
-    return tuple(p + os.sep for p in prefixes) + ("<frozen", "<string>")
+            libraries.append(os.path.dirname(module.__file__))  # type: ignore[arg-type]
+    import site
+    import sysconfig
+
+    site_dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    stdlib = [sysconfig.get_paths()["stdlib"], os.path.dirname(os.__file__)]
+    return (
+        tuple(p + os.sep for p in libraries) + ("<frozen", "<string>"),
+        tuple(p + os.sep for p in site_dirs),
+        tuple(p + os.sep for p in stdlib),
+    )
 
 
 class Ledger:
@@ -124,7 +137,7 @@ class Ledger:
         self.frames: list[int] = []
         #: Activation bytes saved per module in the current step (innermost module only).
         self.saved: dict[str, int] = {}
-        self._excluded = _excluded_prefixes()
+        self._libraries, self._site_packages, self._stdlib = _library_prefixes()
         self._free_cb = self._free
 
     # ------------------------------------------------------------------ adding and removing
@@ -345,11 +358,13 @@ class Ledger:
     def _site(self) -> tuple[tuple[str, int], ...] | None:
         """Up to four user frames (file, line), innermost first, skipping library code."""
         frame: FrameType | None = sys._getframe(1)
-        excluded = self._excluded
+        libraries, site_packages, stdlib = self._libraries, self._site_packages, self._stdlib
         found: list[tuple[str, int]] = []
         while frame is not None and len(found) < 4:
             filename = frame.f_code.co_filename
-            if not filename.startswith(excluded):
+            if not filename.startswith(libraries) and (
+                filename.startswith(site_packages) or not filename.startswith(stdlib)
+            ):
                 found.append((filename, frame.f_lineno))
             frame = frame.f_back
         return tuple(found) or None

@@ -16,13 +16,15 @@ raises an alert with its fix, and the OOM-risk line counts down to the device's 
 
 Options: ``--seconds`` (60), ``--leak``, ``--name`` (train_dashboard), ``--home`` (the gpumem
 home, default ``$GPUMEM_HOME``), ``--device`` (``cuda`` when available, else ``cpu``),
-``--capacity`` (a simulated device size, like ``2GB``, for a CPU run).
+``--capacity`` (a simulated device size, like ``2GB``, for a CPU run), ``--stop-file`` (stop
+early once this file exists; the tests use it).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 
 import torch
@@ -64,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--capacity", default=None, help="simulated device size, e.g. 2GB")
+    parser.add_argument("--stop-file", default=None, help="stop early once this file exists")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=64)
     args = parser.parse_args(argv)
@@ -82,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     with track_memory(model, optimizer, **options) as mem:
         print(f"tracking {mem.name}: open `gpumem top` in another terminal", flush=True)
         while time.monotonic() < deadline:
+            if args.stop_file and os.path.exists(args.stop_file):
+                break
             tokens = torch.randint(0, 512, (args.batch, args.length + 1), device=device)
             logits = model(tokens[:, :-1])
             loss = nn.functional.cross_entropy(logits.reshape(-1, 512), tokens[:, 1:].reshape(-1))

@@ -383,7 +383,8 @@ def handle_oom(tracker: Any, exc: BaseException) -> OomReport | None:
     message = f"gpumem: out of memory; report written to {report.path.with_suffix('.html')}"
     if top is not None:
         message += f" (top fix: {top.title}, saves {format_bytes(top.saves_bytes)})"
-    warnings.warn(message, stacklevel=2)
+    # stacklevel 4: handle_oom <- tracker._handle_oom <- __exit__ <- the user's `with` line
+    warnings.warn(message, stacklevel=4)
     try:
         data: dict[str, Any] = {
             "path": str(report.path),

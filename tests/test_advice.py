@@ -28,6 +28,7 @@ TRAINING = RunFacts(
     trainable_param_count=25,
     layer_activations=(300, 300, 300),
     layer_inputs=(50, 50, 50),
+    pretrained=True,
 )
 
 
@@ -48,15 +49,15 @@ def test_ranked_suggestions_with_exact_savings():
     found = rank(TRAINING)
     summary = [(s.kind, s.saves_bytes, s.fits, s.peak_after) for s in found]
     assert summary == [
-        ("precision", 475, True, 885),
         ("checkpointing", 450, True, 910),
         ("batch_size", 420, True, 940),
+        ("precision", 370, True, 990),
         ("lora", 284, False, 1076),
         ("offload", 200, False, 1160),
         ("lora", 198, False, 1162),
         ("optimizer", 150, False, 1210),
     ]
-    batch = found[2]
+    batch = found[1]
     assert dict(batch.params) == {
         "batch_size": 6,
         "accumulation_steps": 2,
@@ -69,6 +70,17 @@ def test_ranked_suggestions_with_exact_savings():
     )
     assert dict(found[3].params) == {"method": "qlora", "rank": 16, "bits": 4}
     assert dict(found[6].params) == {"optimizer": "bitsandbytes.optim.AdamW8bit", "state_bytes": 50}
+
+
+def test_lora_only_for_models_worth_fine_tuning():
+    scratch = RunFacts(**{**_fields(TRAINING), "pretrained": False})
+    assert [s.kind for s in rank(scratch)] == [
+        "checkpointing",
+        "batch_size",
+        "precision",
+        "offload",
+        "optimizer",
+    ]
 
 
 def test_capacity_argument_overrides_and_none_means_unknown():

@@ -260,7 +260,10 @@ def _block_training(
         out += [(t * q * a, 1), (b * shape.num_heads * s * 4, 1)]
     if shape.resid_dropout > 0:
         out += [(t * h * mask, 2)]
-    out += [(t * h * a, 2)]  # residual sums
+    if shape.layer_norm_bias or a == 4:
+        # Residual sums are saved as the next norm's input; a 16-bit RMSNorm saves its fp32
+        # copy instead and the 16-bit sum is freed.
+        out += [(t * h * a, 2)]
     if shape.num_experts:
         k = shape.experts_per_token
         out += [(t * shape.num_experts * a, 1), (t * shape.num_experts * 4, 1)]
@@ -285,7 +288,8 @@ def _head_training(shape: ModelShape, b: int, s: int, a: int, device: str) -> li
         else:
             out += [(t * h * a, 1)]
     else:
-        out += [(t * h * a, 1), (s * shape.head_dim * a, 2)]  # embedding, rotary cos and sin
+        embedding = [(t * h * a, 1)] if a == 4 else []  # 16-bit: the norm keeps an fp32 copy
+        out += [*embedding, (s * shape.head_dim * a, 2)]  # rotary cos and sin
     out += _norm(shape, t, a)
     # The logits (and their fp32 copy in the loss) are not saved for backward: they are
     # temporaries held by the output. The loss keeps its fp32 log-softmax.

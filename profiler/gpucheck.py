@@ -25,6 +25,7 @@ smoke test of the kit itself; the CUDA-only checks are skipped).
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -112,19 +113,20 @@ def _gpt2_config(tiny: bool) -> Any:
 
 def _gpt2_train(tiny: bool) -> Workload:
     batch, seq = (2, 16) if tiny else (8, 512)
+    config = _gpt2_config(tiny)
 
     def build(device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         from transformers import GPT2LMHeadModel
 
         with torch.device(device):
-            model = GPT2LMHeadModel(_gpt2_config(tiny))
+            model = GPT2LMHeadModel(config)
         model.train()
         return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step(
         model: torch.nn.Module, opt: torch.optim.Optimizer | None, device: torch.device
     ) -> None:
-        ids = torch.randint(0, model.config.vocab_size, (batch, seq), device=device)
+        ids = torch.randint(0, config.vocab_size, (batch, seq), device=device)
         model(input_ids=ids, labels=ids).loss.backward()
         assert opt is not None
         opt.step()
@@ -150,7 +152,8 @@ def _gpt2_generate(tiny: bool) -> Workload:
     ) -> Any:
         ids = torch.randint(1, config.vocab_size, (batch, prompt), device=device)
         with torch.no_grad():
-            return model.generate(
+            generate: Callable[..., Any] = getattr(model, "generate")  # noqa: B009
+            return generate(
                 ids,
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=new,
@@ -660,10 +663,10 @@ def run_kit(
         row: dict[str, Any] = {}
         for mode in ("exact", "fast"):
             row[mode] = kit.section(
-                f"{workload.name}:{mode}", lambda w=workload, m=mode: kit.measure(w, m)
+                f"{workload.name}:{mode}", functools.partial(kit.measure, workload, mode)
             )
         row["overhead"] = kit.section(
-            f"{workload.name}:overhead", lambda w=workload: kit.overhead(w)
+            f"{workload.name}:overhead", functools.partial(kit.overhead, workload)
         )
         results[workload.name] = row
         if device.type == "cuda":

@@ -192,15 +192,16 @@ def waterfall(tracker: Any) -> Waterfall:
     device = None if device_obj is None else str(device_obj)
     chosen = next((s for s in reversed(samples) if s.allocator is not None), None)
     if chosen is not None:
-        nvml = chosen.nvml
-        if nvml is None:  # NVML is read at most twice a second: take the latest one
-            nvml = next((s.nvml for s in reversed(samples) if s.nvml is not None), None)
-        return _from_readings(chosen, chosen.allocator, nvml, device)
+        latest = chosen.nvml
+        if latest is None:  # NVML is read at most twice a second: take the latest one
+            latest = next((s.nvml for s in reversed(samples) if s.nvml is not None), None)
+        return _from_readings(chosen, chosen.allocator, latest, device)
     last = samples[-1] if samples else None
-    allocator = nvml_reading = None
+    allocator: AllocatorReading | None = None
+    reading: NvmlReading | None = None
     if device_obj is not None and getattr(device_obj, "type", None) == "cuda":
         from profiler.backends import cuda, nvml
 
         allocator = cuda.allocator_reading(device_obj.index)
-        nvml_reading = nvml.process_reading(device_obj.index)
-    return _from_readings(last, allocator, nvml_reading, device)
+        reading = nvml.process_reading(device_obj.index)
+    return _from_readings(last, allocator, reading, device)

@@ -58,8 +58,10 @@ class AllocatorApi(Protocol):
     ``has_history`` / ``has_oom_observer`` say the build has them.
     """
 
-    has_history: bool
-    has_oom_observer: bool
+    @property
+    def has_history(self) -> bool: ...
+    @property
+    def has_oom_observer(self) -> bool: ...
 
     def is_initialized(self) -> bool: ...
     def memory_stats(self, device: Any = None) -> Mapping[str, Any]: ...
@@ -104,11 +106,12 @@ class TorchCudaApi:
 
     def record_memory_history(self, enabled: str | None, max_entries: int) -> None:
         """``torch.cuda.memory._record_memory_history``."""
-        torch.cuda.memory._record_memory_history(enabled, max_entries=max_entries)
+        record: Callable[..., None] = torch.cuda.memory._record_memory_history
+        record(enabled, max_entries=max_entries)
 
     def attach_oom_observer(self, callback: OomCallback) -> None:
         """``torch._C._cuda_attach_out_of_memory_observer`` (torch has no way to detach)."""
-        torch._C._cuda_attach_out_of_memory_observer(callback)
+        getattr(torch._C, "_cuda_attach_out_of_memory_observer")(callback)  # noqa: B009
 
     def host_memory_stats(self) -> Mapping[str, Any] | None:
         """``torch.cuda.host_memory_stats()`` (pinned host memory), where this build has it."""
@@ -125,6 +128,10 @@ class TorchCudaApi:
 _TORCH = TorchCudaApi()
 
 
+def _api(api: AllocatorApi | None) -> AllocatorApi:
+    return _TORCH if api is None else api
+
+
 def round_size(nbytes: int) -> int:
     """The bytes the caching allocator charges for a request of ``nbytes``."""
     if nbytes <= 0:
@@ -134,14 +141,14 @@ def round_size(nbytes: int) -> int:
 
 def is_initialized(api: AllocatorApi | None = None) -> bool:
     """Whether CUDA is initialised in this process (never initialises it)."""
-    return (api or _TORCH).is_initialized()
+    return _api(api).is_initialized()
 
 
 def allocated_bytes(
     device: torch.device | int | None = None, *, api: AllocatorApi | None = None
 ) -> int:
     """Bytes PyTorch has allocated on ``device`` (0 while CUDA is not initialised)."""
-    api = api or _TORCH
+    api = _api(api)
     if not api.is_initialized():
         return 0
     return int(api.memory_stats(device).get("allocated_bytes.all.current", 0))
@@ -178,7 +185,7 @@ def allocator_reading(
 
     About 10 µs a call on a real device (one dict from the allocator).
     """
-    api = api or _TORCH
+    api = _api(api)
     if not api.is_initialized():
         return None
     return reading_from_stats(api.memory_stats(device))
@@ -189,7 +196,7 @@ def device_uuid(index: int | None = None, *, api: AllocatorApi | None = None) ->
 
     ``None`` while CUDA is not initialised: asking would initialise it.
     """
-    api = api or _TORCH
+    api = _api(api)
     if not api.is_initialized():
         return None
     if index is None:
@@ -202,7 +209,7 @@ def device_uuid(index: int | None = None, *, api: AllocatorApi | None = None) ->
 
 def current_device_index(*, api: AllocatorApi | None = None) -> int:
     """The current CUDA device's index, or 0 while CUDA is not initialised (never initialises)."""
-    api = api or _TORCH
+    api = _api(api)
     if not api.is_initialized():
         return 0
     return int(torch.cuda.current_device())
@@ -291,7 +298,7 @@ def segment_map(device: int | None = None, *, api: AllocatorApi | None = None) -
     Raises:
         BackendUnavailable: this torch build has no memory snapshot.
     """
-    api = api or _TORCH
+    api = _api(api)
     if not api.is_initialized():
         return []
     return segments_from_snapshot(api.memory_snapshot(), device)
@@ -312,7 +319,7 @@ class MemoryHistory:
 
     def __init__(self, max_entries: int = 100_000, *, api: AllocatorApi | None = None) -> None:
         self.max_entries = max_entries
-        self._api = api or _TORCH
+        self._api = _api(api)
         self.active = False
 
     def __enter__(self) -> MemoryHistory:
@@ -392,7 +399,7 @@ class OomObserver:
         *,
         api: AllocatorApi | None = None,
     ) -> None:
-        self._api = api or _TORCH
+        self._api = _api(api)
         self.callback = callback
         self.notices: list[OomNotice] = []
         self.attached = False
@@ -456,7 +463,7 @@ class HostAllocatorReading:
 
 def host_allocator_reading(*, api: AllocatorApi | None = None) -> HostAllocatorReading | None:
     """Pinned host memory held by torch's host allocator; ``None`` without CUDA or this stat."""
-    api = api or _TORCH
+    api = _api(api)
     if not api.is_initialized():
         return None
     stats = api.host_memory_stats()

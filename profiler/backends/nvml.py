@@ -106,10 +106,13 @@ class NvmlLibrary:
             return self._lib
 
     @staticmethod
-    def _start(lib: Any | None) -> Any:
+    def _start(bindings: Any | None) -> Any:
+        lib: Any = bindings
         if lib is None:
             try:
-                import pynvml as lib
+                import pynvml
+
+                lib = pynvml
             except ImportError as exc:
                 raise BackendUnavailable(
                     f"NVML bindings not installed ({exc})", hint="pip install nvidia-ml-py"
@@ -145,8 +148,9 @@ class NvmlLibrary:
             if not self._started:
                 return
             self._started = False
+            lib: Any = self._lib
             with contextlib.suppress(Exception):  # shutting down at exit must never raise
-                self._lib.nvmlShutdown()
+                lib.nvmlShutdown()
 
     def _log_once(self, fn_name: str, reason: object) -> None:
         if fn_name not in self._logged:

@@ -218,3 +218,66 @@ def test_device_uuid_and_host_allocator() -> None:
         64 * MiB, 16 * MiB, 96 * MiB
     )
     assert cuda.host_allocator_reading(api=FakeAllocator()) is None
+
+
+def _dotted(node: object) -> str | None:
+    import ast
+
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return ".".join(reversed(parts))
+    return None
+
+
+def test_one_module_per_hardware_binding() -> None:
+    """Only nvml.py imports pynvml; only cuda.py touches CUDA's private torch hooks."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    pynvml_users, cuda_private_users = set(), set()
+    for path in [*root.glob("profiler/**/*.py"), *root.glob("tui/**/*.py")]:
+        name = path.relative_to(root).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(), filename=name)):
+            if isinstance(node, ast.Import) and any(a.name == "pynvml" for a in node.names):
+                pynvml_users.add(name)
+            if isinstance(node, ast.ImportFrom) and node.module == "pynvml":
+                pynvml_users.add(name)
+            dotted = _dotted(node) if isinstance(node, ast.Attribute) else None
+            if dotted and (
+                dotted.startswith("torch._C._cuda") or dotted.startswith("torch.cuda.memory._")
+            ):
+                cuda_private_users.add(name)
+    assert pynvml_users == {"profiler/backends/nvml.py"}
+    assert cuda_private_users == {"profiler/backends/cuda.py"}
+
+
+def test_importing_the_backends_loads_no_bindings() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys\n"
+        "import profiler.backends.nvml, profiler.backends.fake, profiler.backends.cuda\n"
+        "from profiler.backends.nvml import NvmlSource\n"
+        "NvmlSource()\n"
+        "print(sorted(m for m in ('psutil', 'textual', 'pandas') if m in sys.modules))\n"
+        "nvml = sys.modules.get('pynvml')  # torch.cuda imports it, but nobody started NVML\n"
+        "print(0 if nvml is None else nvml._nvmlLib_refcount)\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=60,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[]", "0"]
+
+
+def test_current_device_index_without_cuda() -> None:
+    assert cuda.current_device_index(api=FakeAllocator(initialized=False)) == 0

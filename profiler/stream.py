@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import operator
 import os
 import shlex
 import socket
@@ -37,7 +38,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from profiler.records import CATEGORIES, AllocatorReading, Event, EventKind, NvmlReading, Sample
+from profiler.records import (
+    CATEGORIES,
+    AllocatorReading,
+    Event,
+    EventKind,
+    NvmlReading,
+    Phase,
+    Sample,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -54,6 +63,7 @@ SCHEMA_VERSION = 1
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 
 _CATEGORY_NAMES = tuple(str(c) for c in CATEGORIES)
+_PHASES = {phase: phase.value for phase in Phase}
 _ALLOCATOR_FIELDS = AllocatorReading.__slots__
 _NVML_FIELDS = NvmlReading.__slots__
 
@@ -134,15 +144,23 @@ def _distributed() -> tuple[int | None, int | None]:
     return None, None
 
 
-def _reading(value: Any, fields: tuple[str, ...]) -> str:
-    """A reading record as compact JSON, or ``null``."""
+def _object_format(fields: tuple[str, ...]) -> str:
+    """A %-format string for a JSON object with ``fields``, each value rendered by ``%s``."""
+    return "{" + ",".join(f'"{name}":%s' for name in fields) + "}"
+
+
+_BYTES_FORMAT = "{" + ",".join(f'"{name}":%d' for name in _CATEGORY_NAMES) + "}"
+_ALLOCATOR_FORMAT = _object_format(_ALLOCATOR_FIELDS)
+_NVML_FORMAT = _object_format(_NVML_FIELDS)
+_ALLOCATOR_GET = operator.attrgetter(*_ALLOCATOR_FIELDS)
+_NVML_GET = operator.attrgetter(*_NVML_FIELDS)
+
+
+def _reading(value: Any, fmt: str, get: Callable[[Any], tuple[Any, ...]]) -> str:
+    """A reading record as compact JSON (``None`` fields as ``null``), or ``null``."""
     if value is None:
         return "null"
-    parts = []
-    for name in fields:
-        item = getattr(value, name)
-        parts.append(f'"{name}":{"null" if item is None else int(item)}')
-    return "{" + ",".join(parts) + "}"
+    return fmt % tuple("null" if v is None else int(v) for v in get(value))
 
 
 class SessionWriter:
@@ -452,10 +470,11 @@ class SessionWriter:
                 self._module_cache[sample.module] = module
         return (
             f'{{"v":{SCHEMA_VERSION},"t":{sample.time!r},"step":{int(sample.step)},'
-            f'"phase":"{sample.phase}","module":{module},"bytes":{_bytes_json(sample.bytes)},'
+            f'"phase":"{_PHASES.get(sample.phase) or sample.phase}","module":{module},'
+            f'"bytes":{_bytes_json(sample.bytes)},'
             f'"total":{int(sample.total)},"peak":{"true" if is_peak else "false"},'
-            f'"allocator":{_reading(sample.allocator, _ALLOCATOR_FIELDS)},'
-            f'"nvml":{_reading(sample.nvml, _NVML_FIELDS)}}}\n'
+            f'"allocator":{_reading(sample.allocator, _ALLOCATOR_FORMAT, _ALLOCATOR_GET)},'
+            f'"nvml":{_reading(sample.nvml, _NVML_FORMAT, _NVML_GET)}}}\n'
         )
 
     def _write(self, handle: _RotatingFile, line: str) -> None:
@@ -517,6 +536,8 @@ class SessionWriter:
 
 def _bytes_json(values: tuple[int, ...]) -> str:
     """Per-category bytes as a JSON object keyed by category name."""
+    if len(values) == len(_CATEGORY_NAMES):
+        return _BYTES_FORMAT % values
     return (
         "{"
         + ",".join(f'"{n}":{int(v)}' for n, v in zip(_CATEGORY_NAMES, values, strict=False))

@@ -696,18 +696,35 @@ def find_holders(
     return holders
 
 
+def _class_range(cls: type) -> tuple[str | None, int, int | None]:
+    """The file and line range of a class, from its methods' code (works for any loader)."""
+    filename: str | None = None
+    first, last = 1 << 30, 0
+    for klass in cls.__mro__:
+        if klass.__module__ in ("builtins", "torch.nn.modules.module"):
+            continue
+        for value in vars(klass).values():
+            func = getattr(value, "__func__", value)
+            code = getattr(func, "__code__", None)
+            if not isinstance(code, types.CodeType):
+                continue
+            if filename is None:
+                filename = code.co_filename
+            if code.co_filename == filename:
+                lo, hi = _code_range(code)
+                first, last = min(first, lo), max(last, hi)
+        if filename is not None:
+            break
+    if filename is None:
+        return None, 1, None
+    return filename, first, last
+
+
 def _add_attributes(
     add: Any, owner: Any, attrs: dict[str, Any], frontier_ids: set[int], holds: dict[int, set[int]]
 ) -> None:
     cls = type(owner)
-    try:
-        import inspect
-
-        filename = inspect.getsourcefile(cls)
-        lines, first = inspect.getsourcelines(cls)
-        last: int | None = first + len(lines) - 1
-    except (OSError, TypeError):
-        filename, first, last = None, 1, None
+    filename, first, last = _class_range(cls)
     for var, value in attrs.items():
         if id(value) in frontier_ids:
             add(

@@ -679,7 +679,9 @@ def run_kit(
         summary["nvml"] = kit.section("nvml", kit.nvml_view)
         summary["oom"] = kit.section("oom", kit.forced_oom)
     if tests and device.type == "cuda":
-        summary["pytest"] = kit.section("pytest", run_pytest)
+        # whatever the sections took, the whole kit stays under five minutes
+        timeout = max(30.0, 285.0 - kit.elapsed())
+        summary["pytest"] = kit.section("pytest", functools.partial(run_pytest, timeout))
         pytest_result = summary["pytest"] or {}
         kit.check("pytest_tests_gpu", pytest_result.get("returncode") == 0,
                   summary=pytest_result.get("summary"))  # fmt: skip

@@ -336,9 +336,12 @@ def _save_snapshot(tracker: Any, directory: Path, stem: str) -> str | None:
 
     from profiler.backends import cuda
 
-    if not cuda.is_initialized():
-        return None
-    snapshot = cuda.TorchCudaApi().memory_snapshot()
+    failure = getattr(tracker, "failure", None) or {}
+    snapshot = failure.get("snapshot")  # taken by the allocator's OOM observer, if it ran
+    if snapshot is None:
+        if not cuda.is_initialized():
+            return None
+        snapshot = cuda.TorchCudaApi().memory_snapshot()
     name = f"{stem}.snapshot.pickle"
     _write_atomic(directory / name, pickle.dumps(snapshot))
     return name

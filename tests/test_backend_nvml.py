@@ -177,10 +177,17 @@ def test_memory_falls_back_to_v1_where_v2_is_missing() -> None:
     # v1 "used" includes the driver's 512 MiB reserve; v2 leaves it out
     without_struct = source(FakeNvml(two_gpus(), missing={"nvmlMemory_v2"}))
     assert without_struct.devices()[0].memory_used == 10 * GiB + 512 * MiB
-    for code in (NVML_ERROR_FUNCTION_NOT_FOUND, NVML_ERROR_ARGUMENT_VERSION_MISMATCH):
+    for code, v2_calls in (
+        (NVML_ERROR_FUNCTION_NOT_FOUND, 1),  # an old driver: v2 is asked once, then never
+        (NVML_ERROR_NOT_SUPPORTED, 4),
+        (NVML_ERROR_ARGUMENT_VERSION_MISMATCH, 4),
+    ):
         lib = FakeNvml(two_gpus(), errors={"nvmlDeviceGetMemoryInfo_v2": code})
-        assert source(lib).devices()[0].memory_used == 10 * GiB + 512 * MiB
-        assert lib.calls["nvmlDeviceGetMemoryInfo"] == 2
+        src = source(lib)
+        assert src.devices()[0].memory_used == 10 * GiB + 512 * MiB
+        assert src.devices()[1].memory_used == 3 * GiB
+        assert lib.calls["nvmlDeviceGetMemoryInfo"] == 4
+        assert lib.calls["nvmlDeviceGetMemoryInfo_v2"] == v2_calls
 
 
 @pytest.mark.parametrize(
@@ -292,9 +299,14 @@ def test_processes_fall_back_to_versioned_functions() -> None:
             "nvmlDeviceGetGraphicsRunningProcesses": FakeLibraryMismatchError("old driver"),
         },
     )
-    procs = source(lib).processes()
+    src = source(lib)
+    procs = src.processes()
     assert [(p.pid, p.device_index, p.gpu_memory) for p in procs] == [(ME, 0, 6 * GiB), (5, 1, GiB)]
-    assert lib.calls["nvmlDeviceGetComputeRunningProcesses_v2"] == 2
+    assert src.processes() == procs
+    assert lib.calls["nvmlDeviceGetComputeRunningProcesses_v2"] == 4
+    # a function the driver lacks is asked once, not on every call
+    assert lib.calls["nvmlDeviceGetComputeRunningProcesses"] == 1
+    assert lib.calls["nvmlDeviceGetGraphicsRunningProcesses"] == 1
 
 
 def test_process_list_errors_give_no_rows() -> None:

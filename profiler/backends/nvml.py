@@ -73,6 +73,7 @@ class NvmlLibrary:
         self._started = False
         self._failure: BackendUnavailable | None = None
         self._logged: set[str] = set()
+        self._absent: set[str] = set()  # functions this library lacks: never asked again
         self._atexit = False
 
     @property
@@ -157,12 +158,20 @@ class NvmlLibrary:
             self._logged.add(fn_name)
             log.warning("NVML %s unavailable: %s", fn_name, reason)
 
-    def call(self, fn_name: str, *args: Any, **kwargs: Any) -> Any:
-        """Call ``fn_name``; a per-call error gives the sentinel ``_MISSING`` (logged once)."""
+    def call(self, fn_name: str, *args: Any, as_name: str | None = None, **kwargs: Any) -> Any:
+        """Call ``fn_name``; a per-call error gives the sentinel ``_MISSING`` (logged once).
+
+        ``as_name`` names the call in the log and in the set of absent functions, where one
+        binding reaches two C functions (``nvmlDeviceGetMemoryInfo(handle, version=…)``).
+        """
         lib = self.ensure()
+        name = as_name or fn_name
+        if name in self._absent:
+            return _MISSING
         fn = getattr(lib, fn_name, None)
         if fn is None:
-            self._log_once(fn_name, "not in these NVML bindings")
+            self._absent.add(name)
+            self._log_once(name, "not in these NVML bindings")
             return _MISSING
         mismatch = getattr(lib, "NVMLLibraryMismatchError", None)
         try:
@@ -172,24 +181,34 @@ class NvmlLibrary:
                 raise BackendUnavailable(
                     f"NVML library not available ({exc})", hint=_HINT_LIBRARY
                 ) from None
-            self._log_once(fn_name, exc)
+            if getattr(exc, "value", None) == _FUNCTION_NOT_FOUND:
+                self._absent.add(name)
+            self._log_once(name, exc)
             return _MISSING
         except (UnicodeDecodeError, ValueError, TypeError) as exc:
-            self._log_once(fn_name, exc)
+            self._log_once(name, exc)
             return _MISSING
         except Exception as exc:
             if mismatch is not None and isinstance(exc, mismatch):
-                self._log_once(fn_name, "the driver's NVML lacks this function")
+                self._absent.add(name)
+                self._log_once(name, "the driver's NVML lacks this function")
                 return _MISSING
             raise
 
-    def query(self, fn_name: str, *args: Any, default: Any = None, **kwargs: Any) -> Any:
+    def query(
+        self,
+        fn_name: str,
+        *args: Any,
+        default: Any = None,
+        as_name: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Call NVML function ``fn_name``; a per-call error gives ``default`` (logged once).
 
         Raises:
             BackendUnavailable: NVML cannot start, or its library vanished.
         """
-        value = self.call(fn_name, *args, **kwargs)
+        value = self.call(fn_name, *args, as_name=as_name, **kwargs)
         return default if value is _MISSING else value
 
     def query_first(self, fn_names: Sequence[str], *args: Any, default: Any = None) -> Any:
@@ -306,7 +325,12 @@ class NvmlSource:
         info = None
         version = getattr(lib, "nvmlMemory_v2", None)
         if version is not None:
-            info = self.nvml.query("nvmlDeviceGetMemoryInfo", handle, version=version)
+            info = self.nvml.query(
+                "nvmlDeviceGetMemoryInfo",
+                handle,
+                version=version,
+                as_name="nvmlDeviceGetMemoryInfo_v2",
+            )
         if info is None:
             info = self.nvml.query("nvmlDeviceGetMemoryInfo", handle)
         if info is None:

@@ -205,7 +205,7 @@ def peak_after(facts: RunFacts, change: _Change = _NO_CHANGE) -> int:
     """The tracked peak (without ``overhead``) after ``change``, over every moment."""
     best = 0
     for fixed, scaling in _steady(facts):
-        total = change.extra
+        total = float(change.extra)
         for i in range(_N):
             total += fixed[i] * change.fixed[i] + scaling[i] * change.scaling[i]
         best = max(best, math.ceil(round(total, 6)))
@@ -518,6 +518,7 @@ def _largest_fraction(
 
 def _device_suggestions(facts: RunFacts, capacity: int | None, now: int) -> list[Suggestion]:
     result = []
+    params: dict[str, Any]
     if facts.fragmented and facts.cached_free > 0:
         change = _Change(overhead_saved=facts.cached_free)
         title = "Set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"
@@ -652,13 +653,18 @@ def _device_facts(
     cached_free = 0
     if allocator is not None:
         cached_free = max(int(allocator.reserved) - int(allocator.allocated), 0)
-    others, pids = 0, ()
+    others, pids = 0, tuple[int, ...]()
     try:
-        from profiler.backends.nvml import NvmlSource
+        from profiler.backends import nvml as nvml_backend
 
-        index = getattr(device, "index", None) or 0
+        source = nvml_backend.default_source()
+        index = source.nvml_index(getattr(device, "index", None))
         own = getattr(tracker, "pid", None)
-        rows = [p for p in NvmlSource().processes() if p.device_index == index and p.pid != own]
+        rows = [
+            p
+            for p in source.processes()
+            if p.pid != own and (index is None or p.device_index == index)
+        ]
         others = sum(p.gpu_memory or 0 for p in rows)
         pids = tuple(p.pid for p in rows)
     except Exception:  # noqa: BLE001 - NVML is optional
@@ -727,9 +733,9 @@ def facts_from_tracker(tracker: Any, capacity: int | None = None) -> RunFacts:
     failure = getattr(tracker, "failure", None)
     if failure and failure.get("requested"):
         # The allocation that failed, charged as a temporary on top of the bytes at the failure.
-        values = list(_bytes_at_failure(tracker, failure))
-        values[t] += int(failure["requested"])
-        moments.append(Moment(str(failure.get("phase") or Phase.FORWARD), tuple(values)))
+        at_failure = list(_bytes_at_failure(tracker, failure))
+        at_failure[t] += int(failure["requested"])
+        moments.append(Moment(str(failure.get("phase") or Phase.FORWARD), tuple(at_failure)))
 
     training = any(str(m.phase) == str(Phase.BACKWARD) for m in moments[: len(moments)])
     category_peak = list(getattr(ledger, "category_peak", [0] * _N))

@@ -249,7 +249,7 @@ def _decode(tp: Any, value: Any, where: str) -> Any:
         raise errors[0]
     if tp is Any:
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise _Invalid(where, f"expected an object, got {type(value).__name__}")
         kwargs = {}
@@ -266,7 +266,7 @@ def _decode(tp: Any, value: Any, where: str) -> Any:
                     continue
                 raise _Invalid(f"{where}.{f.name}", "missing")
             kwargs[f.name] = _decode(hints[f.name], value[f.name], f"{where}.{f.name}")
-        return tp(**kwargs)
+        return typing.cast(Any, tp)(**kwargs)
     if origin is tuple:
         if not isinstance(value, list):
             raise _Invalid(where, f"expected a list, got {type(value).__name__}")

@@ -66,7 +66,7 @@ def render_markdown(report: OomReport) -> str:
         ("checkpointing", run.checkpointing),
         ("mode", run.mode),
     ]
-    shown = [[k, v] for k, v in facts if v is not None]
+    shown: list[list[object]] = [[k, v] for k, v in facts if v is not None]
     if shown:
         out += ["", "## Run", ""] + _table(["what", "value"], shown)
 

@@ -195,3 +195,20 @@ def test_devices_command_lists_this_gpu(cuda_device: torch.device) -> None:
     assert lines[0].startswith("GPU 0  ")
     assert len([line for line in lines if line.startswith("GPU ")]) == len(devices)
     del keep
+
+
+def test_print_mem_shows_the_waterfall(cuda_device: torch.device) -> None:
+    from profiler.tracker import track_memory
+
+    model = torch.nn.Linear(1024, 1024, device=cuda_device)
+    with track_memory(model, stream=False) as mem:
+        model(torch.randn(64, 1024, device=cuda_device)).sum().backward()
+    assert mem.mode == "fast"
+    text = str(mem)
+    assert f"waterfall ({cuda_device})" in text
+    w = mem.waterfall()
+    assert w.reserved is not None and w.allocated is not None
+    assert w.categories["weights"] == (1024 * 1024 + 1024) * 4
+    assert w.nvml_process_used is None or w.outside_pytorch + w.reserved == w.nvml_process_used
+    for line in w.lines()[1:4]:
+        assert line in text

@@ -58,7 +58,7 @@ def explain_gap(
             f"a dtype the formula did not expect ({ratio:.2g}× the predicted bytes: "
             "fp32 vs 16-bit tensors, or an 8-bit state)"
         )
-    if rounding > 1 and 0 < gap <= 0.05 * predicted + rounding * 4096:
+    if rounding > 1 and 0 < gap <= max(0.02 * predicted, rounding * 256):
         return f"allocator rounding (each tensor rounded up to {rounding} B)"
     if category == "optimizer":
         if gap > 0:

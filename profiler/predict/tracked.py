@@ -174,16 +174,18 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer, rounding: int = 1) -
     """Bytes the optimizer's state will hold after its first step, or None for an unknown class.
 
     Only parameters that require grad get state (torch skips the others once they have no
-    ``.grad``); a parameter listed in two groups is counted once.
+    ``.grad``), except with Adagrad, which builds state for every parameter in its constructor;
+    a parameter listed in two groups is counted once.
     """
     rule = _per_param_rule(optimizer)
     if rule is None:
         return None
     total = 0
     seen: set[int] = set()
+    eager = type(optimizer).__name__ == "Adagrad"  # builds state for every parameter up front
     for group in optimizer.param_groups:
         for p in group["params"]:
-            if id(p) in seen or not p.requires_grad:
+            if id(p) in seen or not (p.requires_grad or eager):
                 continue
             seen.add(id(p))
             total += rule(p, group, rounding)

@@ -466,7 +466,7 @@ class Kit:
         device = self.device
         total = torch.cuda.get_device_properties(device).total_memory
         request = total + GiB
-        observer = OomObserver()
+        observer = OomObserver(snapshot=True)
         attached = observer.attach()
         before = cuda.allocator_reading(device)
         mem = track_memory(mode="fast", device=device, stream=False, name="gpucheck-oom")
@@ -503,6 +503,9 @@ class Kit:
                 "device": notice.device, "requested": notice.requested,
                 "device_total": notice.device_total, "device_free": notice.device_free,
             },
+            "snapshot_segments_at_failure": None if not observer.snapshots
+            or observer.snapshots[-1] is None
+            else len(cuda.segments_from_snapshot(observer.snapshots[-1])),
             "num_ooms_delta": ooms,
             "tracker_failure": failure,
             "oom_events": len(events),

@@ -198,6 +198,32 @@ def test_oom_observer_waits_for_cuda_and_survives_a_failing_callback() -> None:
     assert not observer.attached
 
 
+def test_oom_observer_keeps_the_snapshot_of_the_failure() -> None:
+    snapshot = fake_snapshot([(0x1000, 0, [(20 * MiB, "active_allocated"), (2 * MiB, "inactive")])])
+    api = FakeAllocator(snapshot=snapshot)
+    with OomObserver(snapshot=True, api=api) as observer:
+        api.fire_oom(0, 4 * MiB, 22 * MiB, 0)
+        api.snapshot = None
+        api.fire_oom(0, 8 * MiB, 22 * MiB, 0)
+    assert observer.snapshots == [snapshot, {"segments": []}]
+    plain = OomObserver(api=api)
+    with plain:
+        api.fire_oom(0, MiB, 0, 0)
+    assert plain.snapshots == [] and len(plain.notices) == 1
+
+
+def test_oom_observer_snapshot_failure_is_none() -> None:
+    class Broken(FakeAllocator):
+        def memory_snapshot(self) -> dict[str, object]:
+            raise RuntimeError("no snapshot")
+
+    api = Broken()
+    with OomObserver(snapshot=True, api=api) as observer:
+        api.fire_oom(0, MiB, 0, 0)
+    assert observer.snapshots == [None]
+    assert observer.notices == [OomNotice(0, MiB, 0, 0)]
+
+
 def test_oom_observer_unavailable() -> None:
     with pytest.raises(BackendUnavailable, match="no CUDA out-of-memory observer"):
         OomObserver(api=FakeAllocator(has_oom_observer=False)).attach()

@@ -387,7 +387,10 @@ class OomObserver:
     ``attach()`` returns ``False`` while CUDA is not initialised (the allocator only accepts
     observers once it exists): call it again later, e.g. at each step end; it is cheap.
     ``notices`` keeps what was heard; ``callback`` (if given) is called too, and an exception in it
-    is swallowed, since it runs inside the allocator.
+    is swallowed, since it runs inside the allocator. With ``snapshot=True`` the allocator's
+    memory snapshot at the moment of the failure is kept in ``snapshots`` (one per notice, ``None``
+    where it could not be taken): the allocator releases its lock before calling observers, so the
+    snapshot shows the state that failed, before torch unwinds anything.
 
     Raises:
         BackendUnavailable: on ``attach()``, where this torch build has no OOM observer hook.
@@ -397,11 +400,14 @@ class OomObserver:
         self,
         callback: Callable[[OomNotice], None] | None = None,
         *,
+        snapshot: bool = False,
         api: AllocatorApi | None = None,
     ) -> None:
         self._api = _api(api)
         self.callback = callback
+        self.snapshot = snapshot
         self.notices: list[OomNotice] = []
+        self.snapshots: list[Mapping[str, Any] | None] = []
         self.attached = False
 
     def attach(self) -> bool:
@@ -432,6 +438,11 @@ class OomObserver:
 
     def _notify(self, notice: OomNotice) -> None:
         self.notices.append(notice)
+        if self.snapshot:
+            taken: Mapping[str, Any] | None = None
+            with contextlib.suppress(Exception):
+                taken = self._api.memory_snapshot()
+            self.snapshots.append(taken)
         if self.callback is not None:
             # Runs inside the allocator, which is about to raise OutOfMemoryError: never raise here.
             with contextlib.suppress(Exception):

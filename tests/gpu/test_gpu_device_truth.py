@@ -139,11 +139,17 @@ def test_memory_history_records_allocations(cuda_device: torch.device) -> None:
 
 def test_oom_observer_hears_a_real_oom(cuda_device: torch.device) -> None:
     total = torch.cuda.get_device_properties(cuda_device).total_memory
-    with OomObserver() as observer:
+    keep = torch.empty(64 * MiB, dtype=torch.uint8, device=cuda_device)
+    with OomObserver(snapshot=True) as observer:
         assert observer.attached
         with pytest.raises(torch.OutOfMemoryError):
             torch.empty(total * 2, dtype=torch.uint8, device=cuda_device)
     assert len(observer.notices) == 1
+    (snapshot,) = observer.snapshots
+    assert snapshot is not None
+    segments = cuda.segments_from_snapshot(snapshot, cuda_device.index)
+    assert sum(s.allocated for s in segments) == torch.cuda.memory_allocated(cuda_device)
+    del keep
     assert observer.notices[0].device == cuda_device.index
     assert observer.notices[0].requested >= 2 * total
 

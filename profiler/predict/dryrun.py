@@ -149,7 +149,6 @@ def _adopt(module: torch.nn.Module, mode: Any) -> dict[int, Any]:
             return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="cpu")
 
     memo: dict[int, Any] = {}
-    count = 0
     for sub in module.modules():
         for name, param in list(sub._parameters.items()):
             if param is None or not foreign(param):
@@ -158,16 +157,14 @@ def _adopt(module: torch.nn.Module, mode: Any) -> dict[int, Any]:
                 memo[id(param)] = torch.nn.Parameter(
                     fresh(param), requires_grad=param.requires_grad
                 )
-                count += 1
             sub._parameters[name] = memo[id(param)]
         for name, buf in list(sub._buffers.items()):
             if buf is None or not foreign(buf):
                 continue
             if id(buf) not in memo:
                 memo[id(buf)] = fresh(buf)
-                count += 1
             sub._buffers[name] = memo[id(buf)]
-    return count
+    return memo
 
 
 def _explain(exc: BaseException, where: str) -> DryRunError:

@@ -496,6 +496,8 @@ class Kit:
             and not failure.get("simulated", True)
         )
         self.check("real_oom_captured", captured, requested=request)
+        taken = observer.snapshots[-1] if observer.snapshots else None
+        at_failure = None if taken is None else len(cuda.segments_from_snapshot(taken))
         return {
             "raised": message,
             "observer_attached": attached,
@@ -503,9 +505,7 @@ class Kit:
                 "device": notice.device, "requested": notice.requested,
                 "device_total": notice.device_total, "device_free": notice.device_free,
             },
-            "snapshot_segments_at_failure": None if not observer.snapshots
-            or observer.snapshots[-1] is None
-            else len(cuda.segments_from_snapshot(observer.snapshots[-1])),
+            "snapshot_segments_at_failure": at_failure,
             "num_ooms_delta": ooms,
             "tracker_failure": failure,
             "oom_events": len(events),

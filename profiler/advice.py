@@ -124,7 +124,8 @@ class RunFacts:
         checkpointing: whether activation checkpointing is on (``None``: unknown).
         layer_activations: activation bytes saved per repeated layer (for checkpointing).
         layer_inputs: the bytes of each such layer's input, where known (same order).
-        seq: the sequence length seen, if any (for the KV-cache advice).
+        seq: the sequence length seen, if any.
+        kv_positions: the positions a live KV cache held, if one was seen (for its advice).
         cached_free: allocator cache that no tensor used at the failure (part of ``overhead``).
         fragmented: whether fragmentation caused the failure (free cache >= the request).
         other_processes: bytes other processes hold on the device (part of ``overhead``).
@@ -149,6 +150,7 @@ class RunFacts:
     layer_activations: tuple[int, ...] = ()
     layer_inputs: tuple[int, ...] = ()
     seq: int | None = None
+    kv_positions: int | None = None
     cached_free: int = 0
     fragmented: bool = False
     other_processes: int = 0
@@ -304,8 +306,9 @@ def _batch_suggestion(facts: RunFacts, capacity: int | None, now: int) -> Sugges
                 f"; to keep the effective batch of {batch}, accumulate gradients over {steps} "
                 f"micro-batches of {micro}"
             )
-    else:
+    if new >= batch:
         title = f"The batch size can grow from {batch} to {new}"
+    if new >= batch or not facts.training:
         params = {
             "batch_size": new,
             "accumulation_steps": 1,
@@ -478,12 +481,12 @@ def _kv_suggestions(facts: RunFacts, capacity: int | None, now: int) -> list[Sug
     if fraction < 1.0:
         change = _Change(scaling=_factors(kv_cache=fraction))
         params: dict[str, Any] = {"fraction": round(fraction, 4), "kv_bytes": int(kv * fraction)}
-        if facts.seq:
-            params["max_positions"] = int(facts.seq * fraction)
+        if facts.kv_positions:
+            params["max_positions"] = int(facts.kv_positions * fraction)
         limit = (
             f"{params['max_positions']} positions"
             if "max_positions" in params
-            else f"{fraction:.0%} of its size"
+            else f"{fraction:.0%} of its peak size"
         )
         title = f"Cap the KV cache at {limit}: a shorter context, a sliding window or a paged cache"
         detail = (
@@ -701,6 +704,15 @@ def _bytes_at_failure(tracker: Any, failure: Mapping[str, Any]) -> tuple[int, ..
     return current if len(current) == _N else (0,) * _N
 
 
+def _kv_positions(tracker: Any) -> int | None:
+    """The most positions any live KV cache of the tracker holds (``None``: none alive)."""
+    try:
+        lengths = [int(c.get_seq_length()) for c in tracker.kv_caches()]
+    except Exception:  # noqa: BLE001 - a cache without get_seq_length, or no tracker support
+        return None
+    return max(lengths) if lengths else None
+
+
 def _pretrained(tracker: Any) -> bool:
     """Whether the tracked model looks like one to fine-tune (a config, or 100M+ parameters)."""
     try:
@@ -776,6 +788,7 @@ def facts_from_tracker(tracker: Any, capacity: int | None = None) -> RunFacts:
         layer_activations=layers,
         layer_inputs=inputs,
         seq=getattr(tracker, "observed_seq", None),
+        kv_positions=_kv_positions(tracker),
         cached_free=cached_free,
         fragmented=fragmented,
         other_processes=others,

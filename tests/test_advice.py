@@ -112,6 +112,7 @@ INFERENCE = RunFacts(
     weight_bytes=400,
     param_count=100,
     seq=30,
+    kv_positions=60,
 )
 
 
@@ -127,10 +128,19 @@ def test_inference_suggestions():
         ("kv_cache", 150, False),
     ]
     kv = found[4]
-    assert dict(kv.params) == {"fraction": 0.333, "kv_bytes": 99, "max_positions": 9}
-    assert kv.title.startswith("Cap the KV cache at 9 positions")
+    assert dict(kv.params) == {"fraction": 0.333, "kv_bytes": 99, "max_positions": 19}
+    assert kv.title.startswith("Cap the KV cache at 19 positions")
     assert [s.params.get("bits") for s in found[1:3]] == [4, 8]
-    assert found[3].params["batch_size"] == 1
+    assert dict(found[3].params) == {
+        "batch_size": 1,
+        "accumulation_steps": 1,
+        "micro_batch": 1,
+        "effective_batch": 1,
+    }
+    unknown = rank(RunFacts(**{**_fields(INFERENCE), "kv_positions": None}))
+    assert [s.title for s in unknown if s.kind == "kv_cache"][0].startswith(
+        "Cap the KV cache at 33% of its peak size"
+    )
 
 
 def test_fragmentation_and_other_processes():

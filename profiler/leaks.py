@@ -859,6 +859,9 @@ class LeakDetector:
         self._warned: set[str] = set()
         self._last: StepRecord | None = None
         self._kv_holders: list[Holder] = []
+        self._hunt_series: GrowthSeries | None = None
+        #: leaks found in fast mode are watched on the fast total, not on their category
+        self._fast_leaks: set[int] = set()
 
     # ------------------------------------------------------------------ observer protocol
 
@@ -866,17 +869,21 @@ class LeakDetector:
         """Feed one step end: update the growth test, run or finish a hunt, raise alerts."""
         self._last = record
         self._durations.append(record.duration)
-        if not self._series.add(record.step, (*record.bytes, record.total)):
+        values = (*record.bytes, record.total)
+        hunting = self._hunt_start is not None
+        if hunting and self._hunt_series is not None:
+            # fast mode with the exact ledger on: other figures, kept in their own series
+            self._hunt_series.add(record.step, values)
+        elif not self._series.add(record.step, values):
             return
-        growing = self._series.growing()
-        if self.leaks:
+        elif self.leaks:
             self._clear_plateaued(record)
-        if self._hunt_start is not None:
+        if hunting:
             self._note_births(record.step)
             if record.step >= self._hunt_end:
-                self._finish_hunt(record, growing)
+                self._finish_hunt(record, self._hunt_growing())
             return
-        new = self._uncovered(growing)
+        new = self._uncovered(self._series.growing())
         if not new:
             return
         if self.tracker is not None and self.hunts < self.max_hunts:
@@ -891,12 +898,24 @@ class LeakDetector:
         """At the end of the block: finish a hunt still running if the growth is confirmed."""
         record = self._last
         if self._hunt_start is not None and record is not None and record.step > self._hunt_start:
-            self._finish_hunt(record, self._series.growing())
+            self._finish_hunt(record, self._hunt_growing())
         self._reset_hunt()
+
+    def _hunt_growing(self) -> list[GrowthEstimate]:
+        series = self._hunt_series if self._hunt_series is not None else self._series
+        return series.growing()
 
     # ------------------------------------------------------------------ hunt
 
     def _uncovered(self, growing: list[GrowthEstimate]) -> list[GrowthEstimate]:
+        if self._fast_leaks and self._hunt_start is None:
+            # fast-mode figures split categories differently from the hunt's exact ones:
+            # only growth of the total beyond what the known leaks explain is new
+            total = next((g for g in growing if g.series == TOTAL), None)
+            explained = sum(leak.bytes_per_step for leak in self.leaks)
+            if total is None or total.bytes_per_step - explained < self.test.min_bytes_per_step:
+                return []
+            return [g for g in growing if g.series != TOTAL] or [total]
         active = {leak.evidence.growth.series for leak in self.leaks}
         active |= {str(leak.category) for leak in self.leaks}
         new = [g for g in growing if g.series not in active]
@@ -909,12 +928,26 @@ class LeakDetector:
         self.hunts += 1
         self._hunt_start = record.step
         self._hunt_end = record.step + self.hunt_steps
-        mode = getattr(tracker, "mode", None)
+        fast = getattr(tracker, "mode", None) == "fast"
         self._hunt_mode = (
             f"exact mode on for {self.hunt_steps} steps"
-            if mode == "fast"
+            if fast
             else f"creation sites recorded for {self.hunt_steps} steps"
         )
+        self._hunt_series = None
+        if fast:
+            test = self.test
+            self._hunt_series = GrowthSeries(
+                _SERIES,
+                GrowthTest(
+                    window=2 * self.hunt_steps,
+                    warmup=0,
+                    min_bytes_per_step=test.min_bytes_per_step,
+                    min_tau=test.min_tau,
+                    recent=min(test.recent, self.hunt_steps),
+                    min_points=self.hunt_steps,
+                ),
+            )
         hunt = getattr(tracker, "hunt", None)
         if callable(hunt):
             # the tracker counts the step that is ending now: one more covers hunt_steps steps
@@ -938,7 +971,11 @@ class LeakDetector:
             births[key] = (ref, step)
 
     def _reset_hunt(self) -> None:
+        if self._hunt_series is not None:
+            # fast figures before and after an exact stint differ by a one-off shift: restart
+            self._series.reset()
         self._hunt_start = None
+        self._hunt_series = None
         self._base = {}
         self._births = {}
 
@@ -947,7 +984,9 @@ class LeakDetector:
         assert start is not None
         try:
             new = self._uncovered(growing)
-            confirmed = [g for g in new if g.points >= self.test.window]
+            # fast mode: growth seen before the hunt, confirmed by the hunt's exact figures
+            needed = self.hunt_steps if self._hunt_series is not None else self.test.window
+            confirmed = [g for g in new if g.points >= needed]
             if not confirmed:
                 if not new:
                     self._cooldown_until = record.step + self.test.window
@@ -1116,6 +1155,8 @@ class LeakDetector:
 
     def _raise(self, leak: Leak) -> None:
         self.leaks.append(leak)
+        if self._hunt_series is not None:
+            self._fast_leaks.add(id(leak))
         message = leak.describe()
         tracker = self.tracker
         emit = getattr(tracker, "emit", None)
@@ -1130,7 +1171,8 @@ class LeakDetector:
         still = []
         floor = self.test.min_bytes_per_step
         for leak in self.leaks:
-            est = self._series.estimate(leak.evidence.growth.series)
+            watched = TOTAL if id(leak) in self._fast_leaks else leak.evidence.growth.series
+            est = self._series.estimate(watched)
             if est is not None and not est.growing and est.recent_bytes_per_step < floor:
                 self.cleared.append(leak)
                 emit = getattr(self.tracker, "emit", None)

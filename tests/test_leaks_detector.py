@@ -141,7 +141,7 @@ def test_exact_mode_hunt_says_sites_are_recorded(user_file: Path) -> None:
 
 
 def test_warned_once_per_site_and_cleared_on_plateau(user_file: Path) -> None:
-    tracker = FakeTracker()
+    tracker = FakeTracker(mode="exact")
     detector = LeakDetector(tracker, scan_objects=False)
     site = f"{user_file}:4"
     with warnings.catch_warnings(record=True) as caught:
@@ -156,6 +156,23 @@ def test_warned_once_per_site_and_cleared_on_plateau(user_file: Path) -> None:
     assert len(detector.cleared) == 1
     cleared = [e for e in tracker.events if e.kind == EventKind.LEAK and e.data.get("cleared")]
     assert [e.step for e in cleared] == [9]
+
+
+def test_fast_mode_leak_is_watched_on_the_fast_total_after_the_hunt(user_file: Path) -> None:
+    tracker = FakeTracker(mode="fast")
+    detector = LeakDetector(tracker, scan_objects=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_leak(tracker, detector, f"{user_file}:4", 8)
+        # the hunt's steps 5-7 are exact figures, kept apart; the fast series restarts at 8
+        for step in (8, 9):
+            detector.on_step(record(step, 8 * MiB))
+        assert len(detector.leaks) == 1  # two fast points: too few to judge
+        detector.on_step(record(10, 8 * MiB))
+    assert detector.leaks == []
+    assert [leak.step for leak in detector.cleared] == [7]
+    # growth the known leak explains starts no new hunt
+    assert tracker.hunt_calls == [4]
 
 
 def test_growth_that_plateaus_during_the_hunt_is_not_flagged() -> None:

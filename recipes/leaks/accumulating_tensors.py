@@ -20,14 +20,14 @@ from torch import nn
 from profiler.tracker import MemoryTracker, track_memory
 
 
-def main(steps: int = 12) -> MemoryTracker:
+def main(steps: int = 12, mode: str = "auto") -> MemoryTracker:
     """Train a small MLP for ``steps`` steps while keeping every step's output tensor."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 256))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     x, y = torch.randn(256, 128), torch.randn(256, 256)
     predictions = {}
-    with track_memory(model, optimizer, stream=False) as mem:
+    with track_memory(model, optimizer, stream=False, mode=mode) as mem:
         for step in range(steps):
             out = model(x)
             loss = nn.functional.mse_loss(out, y)
@@ -41,5 +41,7 @@ def main(steps: int = 12) -> MemoryTracker:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12)
-    for leak in main(parser.parse_args().steps).leaks():
+    parser.add_argument("--mode", choices=("auto", "exact", "fast"), default="auto")
+    args = parser.parse_args()
+    for leak in main(args.steps, args.mode).leaks():
         print(leak.describe())

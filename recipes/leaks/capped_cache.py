@@ -40,13 +40,13 @@ class LRUCache:
             self.entries.popitem(last=False)
 
 
-def main(steps: int = 30) -> MemoryTracker:
+def main(steps: int = 30, mode: str = "auto") -> MemoryTracker:
     """Train a small MLP for ``steps`` steps, caching the last ``CAP`` batch embeddings."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     cache = LRUCache(CAP)
-    with track_memory(model, optimizer, stream=False) as mem:
+    with track_memory(model, optimizer, stream=False, mode=mode) as mem:
         for step in range(steps):
             x, y = torch.randn(256, 128), torch.randn(256, 1)
             hidden = model[1](model[0](x))
@@ -61,5 +61,7 @@ def main(steps: int = 30) -> MemoryTracker:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
-    mem = main(parser.parse_args().steps)
+    parser.add_argument("--mode", choices=("auto", "exact", "fast"), default="auto")
+    args = parser.parse_args()
+    mem = main(args.steps, args.mode)
     print(f"{len(mem.steps)} steps, {len(mem.leaks())} leaks flagged")

@@ -20,7 +20,7 @@ from torch import nn
 from profiler.tracker import MemoryTracker, track_memory
 
 
-def main(steps: int = 12) -> MemoryTracker:
+def main(steps: int = 12, mode: str = "auto") -> MemoryTracker:
     """Train a small MLP for ``steps`` steps while keeping each validation loss with its graph."""
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -30,7 +30,7 @@ def main(steps: int = 12) -> MemoryTracker:
     x, y = torch.randn(64, 256), torch.randn(64, 1)
     x_val, y_val = torch.randn(256, 256), torch.randn(256, 1)
     val_losses = []
-    with track_memory(model, optimizer, stream=False) as mem:
+    with track_memory(model, optimizer, stream=False, mode=mode) as mem:
         for _ in range(steps):
             loss = nn.functional.mse_loss(model(x), y)
             loss.backward()
@@ -43,5 +43,7 @@ def main(steps: int = 12) -> MemoryTracker:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12)
-    for leak in main(parser.parse_args().steps).leaks():
+    parser.add_argument("--mode", choices=("auto", "exact", "fast"), default="auto")
+    args = parser.parse_args()
+    for leak in main(args.steps, args.mode).leaks():
         print(leak.describe())

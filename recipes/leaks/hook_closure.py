@@ -31,14 +31,14 @@ def capture_features(module: nn.Module) -> list[torch.Tensor]:
     return features
 
 
-def main(steps: int = 12) -> MemoryTracker:
+def main(steps: int = 12, mode: str = "auto") -> MemoryTracker:
     """Train a small MLP for ``steps`` steps with a hook that keeps the hidden features."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(128, 512), nn.ReLU(), nn.Linear(512, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     capture_features(model[1])
     x, y = torch.randn(256, 128), torch.randn(256, 1)
-    with track_memory(model, optimizer, stream=False) as mem:
+    with track_memory(model, optimizer, stream=False, mode=mode) as mem:
         for _ in range(steps):
             loss = nn.functional.mse_loss(model(x), y)
             loss.backward()
@@ -50,5 +50,7 @@ def main(steps: int = 12) -> MemoryTracker:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12)
-    for leak in main(parser.parse_args().steps).leaks():
+    parser.add_argument("--mode", choices=("auto", "exact", "fast"), default="auto")
+    args = parser.parse_args()
+    for leak in main(args.steps, args.mode).leaks():
         print(leak.describe())

@@ -29,7 +29,7 @@ CACHE_ARG = (
 )
 
 
-def main(steps: int = 12) -> MemoryTracker:
+def main(steps: int = 12, mode: str = "auto") -> MemoryTracker:
     """Serve ``steps`` requests of 32 tokens (batch 4) through one never-reset cache."""
     torch.manual_seed(0)
     config = GPT2Config(
@@ -43,7 +43,7 @@ def main(steps: int = 12) -> MemoryTracker:
     )
     model = GPT2LMHeadModel(config).eval()
     cache = DynamicCache()
-    with track_memory(model, stream=False) as mem, torch.no_grad():
+    with track_memory(model, stream=False, mode=mode) as mem, torch.no_grad():
         for _ in range(steps):
             prompt = torch.randint(0, 1000, (4, 32))
             out = model(input_ids=prompt, use_cache=True, **{CACHE_ARG: cache})  # LEAK
@@ -55,5 +55,7 @@ def main(steps: int = 12) -> MemoryTracker:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12)
-    for leak in main(parser.parse_args().steps).leaks():
+    parser.add_argument("--mode", choices=("auto", "exact", "fast"), default="auto")
+    args = parser.parse_args()
+    for leak in main(args.steps, args.mode).leaks():
         print(leak.describe())

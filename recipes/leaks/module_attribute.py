@@ -35,13 +35,13 @@ class Net(nn.Module):
         return self.fc2(h)
 
 
-def main(steps: int = 12) -> MemoryTracker:
+def main(steps: int = 12, mode: str = "auto") -> MemoryTracker:
     """Train ``Net`` for ``steps`` steps."""
     torch.manual_seed(0)
     model = Net()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     x, y = torch.randn(256, 128), torch.randn(256, 1)
-    with track_memory(model, optimizer, stream=False) as mem:
+    with track_memory(model, optimizer, stream=False, mode=mode) as mem:
         for _ in range(steps):
             loss = nn.functional.mse_loss(model(x), y)
             loss.backward()
@@ -53,5 +53,7 @@ def main(steps: int = 12) -> MemoryTracker:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12)
-    for leak in main(parser.parse_args().steps).leaks():
+    parser.add_argument("--mode", choices=("auto", "exact", "fast"), default="auto")
+    args = parser.parse_args()
+    for leak in main(args.steps, args.mode).leaks():
         print(leak.describe())

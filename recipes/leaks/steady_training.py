@@ -19,13 +19,13 @@ from torch import nn
 from profiler.tracker import MemoryTracker, track_memory
 
 
-def main(steps: int = 50) -> MemoryTracker:
+def main(steps: int = 50, mode: str = "auto") -> MemoryTracker:
     """Train a small MLP with Adam for ``steps`` steps, logging losses as floats."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(128, 512), nn.ReLU(), nn.Linear(512, 1))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses: list[float] = []
-    with track_memory(model, optimizer, stream=False) as mem:
+    with track_memory(model, optimizer, stream=False, mode=mode) as mem:
         for _ in range(steps):
             x, y = torch.randn(256, 128), torch.randn(256, 1)
             loss = nn.functional.mse_loss(model(x), y)
@@ -39,5 +39,7 @@ def main(steps: int = 50) -> MemoryTracker:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50)
-    mem = main(parser.parse_args().steps)
+    parser.add_argument("--mode", choices=("auto", "exact", "fast"), default="auto")
+    args = parser.parse_args()
+    mem = main(args.steps, args.mode)
     print(f"{len(mem.steps)} steps, {len(mem.leaks())} leaks flagged")

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from profiler.growth import GrowthTest
-from profiler.ledger import LiveStorage
 from profiler.leaks import (
     CreationSite,
     Holder,
@@ -25,6 +24,7 @@ from profiler.leaks import (
     mutation_lines,
     suggestion_for,
 )
+from profiler.ledger import LiveStorage
 from profiler.records import CATEGORIES, Category, EventKind, StepRecord
 from profiler.units import MiB
 

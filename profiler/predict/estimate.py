@@ -182,7 +182,7 @@ def _resolve(source: Any, params: int | float | None) -> _Source:
         return _Source(preset, shape, parameter_count(shape))
     parameters = getattr(source, "parameters", None)
     if callable(parameters):
-        shape = shape_from_module(source)
+        module_shape = shape_from_module(source)
         seen: set[int] = set()
         count = 0
         for p in source.parameters():
@@ -190,7 +190,7 @@ def _resolve(source: Any, params: int | float | None) -> _Source:
                 seen.add(id(p))
                 count += p.numel()
         name = type(source).__name__
-        return _Source(name, shape, count, source)
+        return _Source(name, module_shape, count, source)
     raise UsageError(f"cannot estimate {type(source).__name__!r}: pass a model, config or preset")
 
 

@@ -57,6 +57,7 @@ def linear_matrices(shape: ModelShape) -> tuple[Matrix, ...]:
         Matrix("attn_v", h, kv),
         Matrix("attn_output", q, h),
     )
+    mlp: tuple[Matrix, ...]
     if shape.gated_mlp:
         mlp = (
             Matrix("ffn_gate", h, inter, experts),

@@ -511,18 +511,28 @@ class MemoryTracker:
     def _scan_optimizers(self, *, grads: bool = True, state: bool = True) -> None:
         """Charge each tracked optimizer's state and the gradients of parameters not hooked."""
         ledger = self.ledger
+        entries = ledger.entries
         hooked = self._hooked_params
         for optimizer in self._optimizers():
-            for group in optimizer.param_groups if grads else ():
-                for param in group["params"]:
-                    grad = param.grad
-                    if grad is not None and id(param) not in hooked and self._is_wanted(grad):
-                        ledger.claim(grad, GRADIENTS)
+            if grads and len(hooked) < sum(len(g["params"]) for g in optimizer.param_groups):
+                for group in optimizer.param_groups:
+                    for param in group["params"]:
+                        grad = param.grad
+                        if grad is not None and id(param) not in hooked and self._is_wanted(grad):
+                            ledger.claim(grad, GRADIENTS)
             for param_state in optimizer.state.values() if state else ():
-                if isinstance(param_state, dict):
-                    for value in param_state.values():
-                        if isinstance(value, torch.Tensor) and self._is_wanted(value):
-                            ledger.claim(value, OPTIMIZER)
+                if type(param_state) is not dict:
+                    continue
+                for value in param_state.values():
+                    if not isinstance(value, Tensor):
+                        continue
+                    try:
+                        entry = entries.get(value.untyped_storage()._cdata)
+                    except (RuntimeError, NotImplementedError, TypeError):
+                        continue
+                    # Steady state: every state tensor is known already; one lookup each.
+                    if (entry is None or entry.cat != OPTIMIZER) and self._is_wanted(value):
+                        ledger.claim(value, OPTIMIZER)
 
     def _make_counter(self) -> Callable[[], tuple[int, int | None]]:
         """The allocator counter fast mode reads at boundaries: (current, peak or None)."""
@@ -822,7 +832,7 @@ class MemoryTracker:
             if self._phase_code != 2:
                 self._enter_backward()
             grad = param.grad
-            if grad is not None and self._is_wanted(grad):
+            if grad is not None and (self._wanted is None or self._wanted(grad)):
                 self.ledger.claim(grad, GRADIENTS)
         except Exception as error:
             self._fail("gradient hooks", error)
@@ -916,8 +926,7 @@ class MemoryTracker:
 
     def _fast_observe(self) -> list[int]:
         """Fast mode: the split now (and its effect on the peaks)."""
-        self._fast_read()
-        current = self._read_counter()[0]  # type: ignore[misc]
+        current = self._fast_read() - self._fast_offset
         split = self._fast_split(current)
         for i, value in enumerate(split):
             if value > self.ledger.category_peak[i]:

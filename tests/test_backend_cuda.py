@@ -52,6 +52,36 @@ def test_reading_from_scripted_stats() -> None:
     assert cuda.is_initialized(api) is True
 
 
+def test_pick_stats_from_torch_nested_dict() -> None:
+    def pools(current: int, peak: int) -> dict[str, dict[str, int]]:
+        metrics = {"current": current, "peak": peak, "allocated": 9 * current, "freed": 1}
+        return {"all": metrics, "small_pool": {}, "large_pool": {}}
+
+    nested = {
+        "allocated_bytes": pools(300, 400),
+        "reserved_bytes": pools(512, 600),
+        "active_bytes": pools(310, 410),
+        "inactive_split_bytes": pools(12, 20),
+        "segment": pools(3, 4),
+        "num_alloc_retries": 2,
+        "num_ooms": 1,
+        "oversize_allocations": {"current": 0},
+    }
+    picked = cuda.pick_stats(nested)
+    assert picked == {
+        "allocated_bytes.all.current": 300,
+        "allocated_bytes.all.peak": 400,
+        "reserved_bytes.all.current": 512,
+        "active_bytes.all.current": 310,
+        "inactive_split_bytes.all.current": 12,
+        "num_alloc_retries": 2,
+        "num_ooms": 1,
+    }
+    assert cuda.reading_from_stats(picked) == AllocatorReading(300, 512, 310, 12, 400, 2, 1)
+    assert cuda.pick_stats({}) == {}
+    assert cuda.pick_stats({"allocated_bytes": {"all": {}}, "num_ooms": 0}) == {"num_ooms": 0}
+
+
 def test_stats_without_optional_keys() -> None:
     stats = {"allocated_bytes.all.current": 1024, "reserved_bytes.all.current": 2 * MiB}
     assert cuda.reading_from_stats(stats) == AllocatorReading(1024, 2 * MiB)

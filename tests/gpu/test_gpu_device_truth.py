@@ -46,6 +46,8 @@ def test_allocator_reading_matches_torch(cuda_device: torch.device) -> None:
     assert reading.peak_allocated == torch.cuda.max_memory_allocated(cuda_device)
     assert reading.num_ooms == torch.cuda.memory_stats(cuda_device)["num_ooms"]
     assert cuda.allocated_bytes(cuda_device) == reading.allocated
+    flat = torch.cuda.memory_stats(cuda_device)
+    assert cuda.TorchCudaApi().memory_stats(cuda_device) == {k: flat[k] for k in cuda.STAT_KEYS}
     del keep
 
 

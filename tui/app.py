@@ -21,7 +21,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import ModalScreen, Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import Footer, Static
 
 from tui.snapshot import EMPTY_SNAPSHOT, PROCESS_SORTS, Snapshot
 from tui.widgets.panels import (
@@ -36,6 +36,7 @@ from tui.widgets.panels import (
     SessionsTable,
     StatusBar,
 )
+from tui.widgets.table import RowTable
 
 __all__ = ["GpumemTopApp", "HelpScreen", "SessionScreen", "SnapshotFetched"]
 
@@ -141,9 +142,11 @@ class GpumemTopApp(App[None]):
         Binding("question_mark", "help", "help", key_display="?"),
     ]
 
-    snapshot: reactive[Snapshot] = reactive(EMPTY_SNAPSHOT, always_update=True, init=False)
-    paused: reactive[bool] = reactive(False, init=False)
-    sort: reactive[str] = reactive(PROCESS_SORTS[0], init=False)
+    snapshot: reactive[Snapshot] = reactive(
+        EMPTY_SNAPSHOT, always_update=True, init=False, repaint=False
+    )
+    paused: reactive[bool] = reactive(False, init=False, repaint=False)
+    sort: reactive[str] = reactive(PROCESS_SORTS[0], init=False, repaint=False)
 
     def __init__(self, builder: Builder, *, interval: float = 1.0) -> None:
         super().__init__()
@@ -230,9 +233,9 @@ class GpumemTopApp(App[None]):
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        if isinstance(event.data_table, SessionsTable) and event.row_key.value is not None:
-            self.open_session(event.row_key.value)
+    def on_row_table_row_chosen(self, event: RowTable.RowChosen) -> None:
+        if isinstance(event.table, SessionsTable):
+            self.open_session(event.identity)
 
     def open_session(self, session_id: str) -> None:
         """Show the detail screen of one session."""

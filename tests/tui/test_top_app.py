@@ -9,7 +9,7 @@ from conftest import FIXED_TIME, ScriptedSource, make_session, scripted_builder
 from rich.console import Console
 from rich.text import Text
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
 from profiler.records import CATEGORIES
 from tui.app import GpumemTopApp, HelpScreen, SessionScreen
@@ -23,6 +23,7 @@ from tui.widgets.panels import (
     SessionsTable,
     StatusBar,
 )
+from tui.widgets.table import RowTable
 
 SIZE = (120, 40)
 
@@ -32,8 +33,8 @@ async def settle(pilot: Pilot[None]) -> None:
     await pilot.pause()
 
 
-def column(table: DataTable[str], index: int) -> list[str]:
-    return [str(table.get_row_at(row)[index]) for row in range(table.row_count)]
+def column(table: RowTable, index: int) -> list[str]:
+    return table.cells(index)
 
 
 def plain(widget: Static) -> str:
@@ -55,7 +56,7 @@ async def test_first_snapshot_fills_every_panel() -> None:
         assert column(sessions, 0) == ["train", "eval", "old-run"]
         assert column(sessions, 2) == ["-", "1/2", "-"]
         assert column(sessions, 7) == ["live", "live", "ok"]
-        assert sessions.get_row_at(2)[0].style == "dim"  # ended: dimmed
+        assert [style for _, _, style in sessions.rows] == ["", "", "dim"]  # ended: dimmed
         assert column(app.query_one(ProcessesTable), 0) == ["1014", "1007", "1021", "1000"]
         assert not app.query_one(NoGpuBanner).display
         status = plain(app.query_one(StatusBar))

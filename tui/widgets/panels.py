@@ -7,12 +7,13 @@ pure function of the snapshot (:mod:`tui.widgets.render`), so no widget ever tou
 
 from __future__ import annotations
 
-import contextlib
 import time
+from collections.abc import Callable
 
+from rich.console import RenderableType
 from rich.text import Text
 from textual.reactive import reactive
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
 from profiler.sessions import SessionView
 from tui.snapshot import EMPTY_SNAPSHOT, PROCESS_SORTS, Snapshot, sort_processes
@@ -26,6 +27,7 @@ from tui.widgets.render import (
     session_header,
     session_row,
 )
+from tui.widgets.table import RowTable
 
 __all__ = [
     "AlertsPanel",
@@ -41,12 +43,31 @@ __all__ = [
 ]
 
 
-class StatusBar(Static):
+class _CalmStatic(Static):
+    """A Static that redraws only when what it shows changed, and re-lays out only on a resize.
+
+    A layout pass repaints the whole screen (tens of ms with two tables); most refreshes change a
+    few figures on lines that keep their count, so they take the cheap path.
+    """
+
+    _shown_key: object = None
+    _shown_lines: int = -1
+
+    def show(self, key: object, build: Callable[[], RenderableType], lines: int) -> None:
+        """Show ``build()`` unless ``key`` is what is shown; ``lines`` is its height."""
+        if key == self._shown_key:
+            return
+        self._shown_key = key
+        self.update(build(), layout=lines != self._shown_lines)
+        self._shown_lines = lines
+
+
+class StatusBar(_CalmStatic):
     """The top line: the snapshot's time, counts, the sort order and whether updates are paused."""
 
-    snapshot: reactive[Snapshot] = reactive(EMPTY_SNAPSHOT, always_update=True)
-    paused: reactive[bool] = reactive(False)
-    sort: reactive[str] = reactive(PROCESS_SORTS[0])
+    snapshot: reactive[Snapshot] = reactive(EMPTY_SNAPSHOT, always_update=True, repaint=False)
+    paused: reactive[bool] = reactive(False, repaint=False)
+    sort: reactive[str] = reactive(PROCESS_SORTS[0], repaint=False)
 
     def _redraw(self) -> None:
         snap = self.snapshot
@@ -61,7 +82,7 @@ class StatusBar(Static):
         if self.paused:
             text.append("  PAUSED", style="bold black on yellow")
         text.append("  ·  ? help", style="dim")
-        self.update(text)
+        self.show(text.plain, lambda: text, 1)
 
     def watch_snapshot(self, _: Snapshot) -> None:
         self._redraw()
@@ -73,46 +94,53 @@ class StatusBar(Static):
         self._redraw()
 
 
-class NoGpuBanner(Static):
+class NoGpuBanner(_CalmStatic):
     """A clear banner when there is no GPU source (no NVML, no driver); hidden otherwise."""
 
-    snapshot: reactive[Snapshot] = reactive(EMPTY_SNAPSHOT, always_update=True)
+    snapshot: reactive[Snapshot] = reactive(EMPTY_SNAPSHOT, always_update=True, repaint=False)
 
     def watch_snapshot(self, snapshot: Snapshot) -> None:
         error = snapshot.device_error
-        self.display = error is not None and snapshot.time != 0.0
+        display = error is not None and snapshot.time != 0.0
+        if self.display != display:
+            self.display = display
         if error is not None:
-            self.update(
-                Text(f"No GPU: {error}. Sessions still show below; host-side tracking works.")
-            )
+            text = f"No GPU: {error}. Sessions still show below; host-side tracking works."
+            self.show(text, lambda: Text(text), -2)
 
 
-class DevicesPanel(Static):
+class DevicesPanel(_CalmStatic):
     """Per GPU: a memory bar (used of total), utilization, temperature, power."""
 
-    snapshot: reactive[Snapshot] = reactive(EMPTY_SNAPSHOT, always_update=True)
+    snapshot: reactive[Snapshot] = reactive(EMPTY_SNAPSHOT, always_update=True, repaint=False)
 
     def watch_snapshot(self, snapshot: Snapshot) -> None:
         if snapshot.time == 0.0:
-            self.update(Text("waiting for the first snapshot…", style="dim"))
+            self.show(None, lambda: Text("waiting for the first snapshot…", style="dim"), 1)
             return
-        self.display = bool(snapshot.devices) or snapshot.device_error is None  # else: the banner
-        self.update(render_devices(snapshot, self.content_size.width or 100))
+        display = bool(snapshot.devices) or snapshot.device_error is None  # else: the banner
+        if self.display != display:
+            self.display = display
+        width = self.content_size.width or 100
+        self.show(
+            (snapshot.devices, snapshot.device_error, width),
+            lambda: render_devices(snapshot, width),
+            max(1, len(snapshot.devices)),
+        )
 
 
-class ProcessesTable(DataTable[str]):
+class ProcessesTable(RowTable):
     """Processes holding GPU memory: pid, user, GPU, memory, command; ``s`` changes the order."""
 
-    snapshot: reactive[Snapshot] = reactive(EMPTY_SNAPSHOT, always_update=True)
-    sort: reactive[str] = reactive(PROCESS_SORTS[0])
-
-    def on_mount(self) -> None:
-        self.cursor_type = "row"
-        self.add_column("PID", key="pid")
-        self.add_column("USER", key="user")
-        self.add_column("GPU", key="gpu")
-        self.add_column("MEMORY", key="memory")
-        self.add_column("COMMAND", key="command")
+    COLUMNS = (
+        ("PID", "right"),
+        ("USER", "left"),
+        ("GPU", "right"),
+        ("MEMORY", "right"),
+        ("COMMAND", "left"),
+    )
+    snapshot: reactive[Snapshot] = reactive(EMPTY_SNAPSHOT, always_update=True, repaint=False)
+    sort: reactive[str] = reactive(PROCESS_SORTS[0], repaint=False)
 
     def watch_snapshot(self, _: Snapshot) -> None:
         self._fill()
@@ -122,90 +150,39 @@ class ProcessesTable(DataTable[str]):
 
     def _fill(self) -> None:
         snapshot = self.snapshot
-        selected = self._selected_key()
-        self.clear()
-        if snapshot.process_error:
+        if self.border_subtitle != snapshot.process_error:
             self.border_subtitle = snapshot.process_error
-        else:
-            self.border_subtitle = None
-        rows = sort_processes(snapshot.processes, self.sort)
-        for process in rows:
+        rows = []
+        for process in sort_processes(snapshot.processes, self.sort):
             pid, user, gpu, memory, command = process_row(process)
-            self.add_row(
-                Text(pid, justify="right"),
-                user,
-                Text(gpu, justify="right"),
-                Text(memory, justify="right"),
-                command[:80],
-                key=f"{process.pid}:{process.device_index}",
-            )
-        self._restore(selected)
-
-    def _selected_key(self) -> str | None:
-        if not self.row_count:
-            return None
-        try:
-            return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
-        except Exception:
-            return None
-
-    def _restore(self, key: str | None) -> None:
-        if key is None:
-            return
-        with contextlib.suppress(Exception):
-            self.move_cursor(row=self.get_row_index(key), animate=False)
+            identity = f"{process.pid}:{process.device_index}"
+            rows.append((identity, (pid, user, gpu, memory, command[:80]), ""))
+        self.sync_rows(rows)
 
 
-class SessionsTable(DataTable[str]):
+class SessionsTable(RowTable):
     """Tracked sessions: live ones, then recently ended ones dimmed; enter opens one."""
 
-    snapshot: reactive[Snapshot] = reactive(EMPTY_SNAPSHOT, always_update=True)
-
-    def on_mount(self) -> None:
-        self.cursor_type = "row"
-        for name in ("NAME", "PID", "RANK", "DEVICE", "STEP", "CURRENT", "PEAK", "STATUS"):
-            self.add_column(name, key=name.lower())
+    COLUMNS = tuple(
+        (name, "right" if name in ("STEP", "CURRENT", "PEAK") else "left")
+        for name in ("NAME", "PID", "RANK", "DEVICE", "STEP", "CURRENT", "PEAK", "STATUS")
+    )
+    snapshot: reactive[Snapshot] = reactive(EMPTY_SNAPSHOT, always_update=True, repaint=False)
 
     def watch_snapshot(self, snapshot: Snapshot) -> None:
-        selected = None
-        if self.row_count:
-            try:
-                selected = self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
-            except Exception:
-                selected = None
-        self.clear()
-        if snapshot.session_error:
+        if self.border_subtitle != snapshot.session_error:
             self.border_subtitle = snapshot.session_error
-        else:
-            self.border_subtitle = None
-        for session in snapshot.sessions:
-            style = "" if session.live else "dim"
-            cells = session_row(session)
-            self.add_row(
-                *(
-                    Text(cell, style=style, justify="right" if 4 <= i <= 6 else "left")
-                    for i, cell in enumerate(cells)
-                ),
-                key=session.id,
-            )
-        if selected is not None:
-            with contextlib.suppress(Exception):
-                self.move_cursor(row=self.get_row_index(selected), animate=False)
+        self.sync_rows([(s.id, session_row(s), "" if s.live else "dim") for s in snapshot.sessions])
 
     def selected_session(self) -> str | None:
         """The id of the session under the cursor."""
-        if not self.row_count:
-            return None
-        try:
-            return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
-        except Exception:
-            return None
+        return self.selected_identity()
 
 
-class _SessionPanel(Static):
+class _SessionPanel(_CalmStatic):
     """A panel of the session screen: shows one session (by id) of the latest snapshot."""
 
-    snapshot: reactive[Snapshot] = reactive(EMPTY_SNAPSHOT, always_update=True)
+    snapshot: reactive[Snapshot] = reactive(EMPTY_SNAPSHOT, always_update=True, repaint=False)
 
     def __init__(self, session_id: str, *, id: str | None = None) -> None:
         super().__init__(id=id, classes="snapshot-view")
@@ -221,44 +198,49 @@ class _SessionPanel(Static):
         snapshot = self.snapshot
         session = snapshot.session(self.session_id)
         if session is None:
-            self.update(Text("this session is no longer listed", style="dim"))
+            self.show(None, lambda: Text("this session is no longer listed", style="dim"), -1)
             return
-        self.update(self.draw(session, snapshot))
+        width = self.content_size.width
+        self.show(
+            (session, width, snapshot.devices),
+            lambda: self.draw(session, snapshot),
+            -1,  # panels of the session screen may change height: always lay out
+        )
 
-    def draw(self, session: SessionView, snapshot: Snapshot) -> Text | object:
+    def draw(self, session: SessionView, snapshot: Snapshot) -> RenderableType:
         raise NotImplementedError
 
 
 class SessionHeaderPanel(_SessionPanel):
     """Who the session is: name, pid, device, model, status."""
 
-    def draw(self, session: SessionView, snapshot: Snapshot) -> Text | object:
+    def draw(self, session: SessionView, snapshot: Snapshot) -> RenderableType:
         return session_header(session, snapshot)
 
 
 class CategoryBarsPanel(_SessionPanel):
     """A stacked bar by category, measured beside predicted, with a legend."""
 
-    def draw(self, session: SessionView, snapshot: Snapshot) -> Text | object:
+    def draw(self, session: SessionView, snapshot: Snapshot) -> RenderableType:
         return render_category_bars(session, self.content_size.width or 80)
 
 
 class HistoryPanel(_SessionPanel):
     """Sparklines of the total and of each category over the recent samples."""
 
-    def draw(self, session: SessionView, snapshot: Snapshot) -> Text | object:
+    def draw(self, session: SessionView, snapshot: Snapshot) -> RenderableType:
         return render_history(session, self.content_size.width or 80)
 
 
 class ModulesPanel(_SessionPanel):
     """The top modules by activation bytes."""
 
-    def draw(self, session: SessionView, snapshot: Snapshot) -> Text | object:
+    def draw(self, session: SessionView, snapshot: Snapshot) -> RenderableType:
         return render_modules(session)
 
 
 class AlertsPanel(_SessionPanel):
     """Leaks, OOM risk (time to capacity at the current growth), OOMs, suggested fixes."""
 
-    def draw(self, session: SessionView, snapshot: Snapshot) -> Text | object:
+    def draw(self, session: SessionView, snapshot: Snapshot) -> RenderableType:
         return render_alerts(session, snapshot.devices)

@@ -711,8 +711,7 @@ class MemoryTracker:
 
     def _root_pre(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict) -> None:
         try:
-            if self.observed_batch is None:
-                self._observe_inputs(args, kwargs)
+            self._observe_inputs(args, kwargs)
             for value in find_caches(kwargs):
                 self.mark_kv_cache(value)
         except Exception as error:
@@ -727,13 +726,17 @@ class MemoryTracker:
             self._fail("kv cache detection", error)
 
     def _observe_inputs(self, args: tuple[Any, ...], kwargs: dict) -> None:
-        candidates = list(args) + [kwargs.get(k) for k in ("input_ids", "inputs_embeds", "x")]
-        candidates += list(kwargs.values())
+        """The root model's batch (latest call) and sequence length (longest call) from its input.
+
+        The input is the first tensor argument, or ``input_ids`` / ``inputs_embeds``; its dim 0 is
+        the batch, and dim 1 the sequence for token ids (integers) or for 3-d float inputs.
+        """
+        candidates = list(args) + [kwargs.get("input_ids"), kwargs.get("inputs_embeds")]
         for value in candidates:
             if isinstance(value, torch.Tensor) and value.dim() >= 1:
                 self.observed_batch = int(value.shape[0])
-                if value.dim() >= 2 and not value.is_floating_point() or value.dim() >= 3:
-                    self.observed_seq = int(value.shape[1])
+                if (value.dim() == 2 and not value.is_floating_point()) or value.dim() >= 3:
+                    self.observed_seq = max(self.observed_seq or 0, int(value.shape[1]))
                 return
 
     def _hook_outputs(self, name: str, output: Any) -> None:

@@ -102,7 +102,7 @@ def _chart_data(report: OomReport) -> dict[str, Any]:
             }
             for r in report.waterfall
         ],
-        "ticks": _ticks(waterfall_max),
+        "ticks": _ticks(waterfall_max, 3),
     }
     predicted_rows = [r for r in report.breakdown if r.predicted is not None or r.at_peak]
     predicted_max = max([max(r.at_peak, r.predicted or 0) for r in predicted_rows] + [1])
@@ -121,7 +121,7 @@ def _chart_data(report: OomReport) -> dict[str, Any]:
             }
             for r in predicted_rows
         ],
-        "ticks": _ticks(predicted_max),
+        "ticks": _ticks(predicted_max, 3),
     }
     peaks = [s.peak_after or 0 for s in report.suggestions]
     suggestions_max = max(peaks + [capacity or 0, 1])
@@ -305,7 +305,7 @@ _PAGE = """<!DOCTYPE html>
 {message}
 <div class="grid"><div>{summary}</div><div>
 <h2>At the failure</h2>
-<svg id="chart-breakdown" width="520" height="150" role="img" aria-label="memory at the failure"></svg>
+<svg id="chart-breakdown" width="520" height="160" role="img" aria-label="memory at the failure"></svg>
 <div class="legend" id="legend"></div></div></div>
 <h2>Suggestions (most bytes saved first)</h2>
 {suggestions}
@@ -365,7 +365,7 @@ _SCRIPT = r"""
   function breakdown(d) {
     var svg = document.getElementById("chart-breakdown");
     var x0 = 20, w = 480, y = 30, h = 40;
-    var max = axis(svg, d.ticks, x0, w, 20, 110);
+    var max = axis(svg, d.ticks, x0, w, 20, 125);
     var x = x0;
     var legend = document.getElementById("legend");
     d.segments.forEach(function (s) {
@@ -382,11 +382,11 @@ _SCRIPT = r"""
       el(svg, "rect", {x: x, y: y + 45, width: Math.max(rw, 0.5), height: 14, fill: "none",
                        stroke: "#e45756", "stroke-dasharray": "4 2", "class": "requested"},
          d.requestedLabel);
-      label(svg, Math.min(x + rw + 4, x0 + w - 60), y + 56, d.requestedLabel);
+      label(svg, Math.min(x + rw, x0 + w), y + 72, d.requestedLabel, "end");
     }
     if (d.capacity) {
       var cx = x0 + w * d.capacity / max;
-      el(svg, "line", {x1: cx, x2: cx, y1: 14, y2: 110, stroke: "#e45756", "stroke-width": 2,
+      el(svg, "line", {x1: cx, x2: cx, y1: 14, y2: 125, stroke: "#e45756", "stroke-width": 2,
                        "class": "capacity"}, d.capacityLabel);
       label(svg, cx, 12, d.capacityLabel, "end");
     }

@@ -11,8 +11,12 @@ to every moment; a change saves ``peak_now - peak_after`` bytes and fits when
 
 Steady state: a stateful optimizer creates its state in the first step, so every moment is
 charged at least the full optimizer state (the larger of the measured one and the prediction
-from the optimizer's class). That makes the advice the same whether it is computed at an OOM in
-the second step or ahead of time on a run that fits.
+from the optimizer's class), and the optimizer step is charged every gradient. That makes the
+advice the same whether it is computed at an OOM or ahead of time on a run that fits, as long as
+the moment that sets the peak was measured before the failure: true for the common OOM in the
+second step (the first step fit; the optimizer state tipped it over). An OOM in the middle of the
+very first forward pass has seen only part of the activations, so its batch size is an upper
+bound there, and the report says which step and phase it failed in.
 
 Everything here is a pure function of :class:`RunFacts`; :func:`suggest` builds them from a
 tracker. No pandas, no device access.
@@ -25,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from profiler.errors import UsageError
 from profiler.records import CATEGORIES, Category, Phase
 from profiler.units import format_bytes, parse_bytes
 
@@ -797,13 +802,37 @@ def facts_from_tracker(tracker: Any, capacity: int | None = None) -> RunFacts:
     )
 
 
+def _capacity_bytes(capacity: str | int) -> int:
+    """A size ("24GB", bytes) or a GPU from the catalogue ("rtx4090") as bytes.
+
+    Raises:
+        UsageError: neither a size nor a known GPU.
+    """
+    try:
+        return parse_bytes(capacity)
+    except UsageError:
+        if not isinstance(capacity, str):
+            raise
+    try:
+        from profiler.predict.gpus import find_gpu
+
+        return find_gpu(capacity).memory_bytes
+    except (ImportError, UsageError):
+        raise UsageError(
+            f"not a size or a known GPU: {capacity!r}",
+            hint="write a size like 24GB or 80GiB, or a GPU name like rtx4090",
+        ) from None
+
+
 def suggest(tracker: Any, capacity: str | int | None = None) -> list[Suggestion]:
     """Ranked changes that make ``tracker``'s run fit in ``capacity`` (default: its device's).
 
-    The same list whether called at an OOM or ahead of time on a run that fits.
+    ``capacity`` is a size ("24GB", or bytes) or a GPU from the catalogue ("rtx4090", "a100").
+    The same list whether called at an OOM or ahead of time on a run that fits (see the module
+    docstring for when that holds).
 
     Raises:
-        UsageError: ``capacity`` is not a size.
+        UsageError: ``capacity`` is neither a size nor a known GPU.
     """
-    size = None if capacity is None else parse_bytes(capacity)
+    size = None if capacity is None else _capacity_bytes(capacity)
     return rank(facts_from_tracker(tracker, size), size)

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
-from profiler.advice import Moment, RunFacts, largest_batch, peak_after, rank
+from profiler.advice import (
+    Moment,
+    RunFacts,
+    _capacity_bytes,
+    _layer_groups,
+    largest_batch,
+    peak_after,
+    rank,
+)
+from profiler.errors import UsageError
 
 
 def _bytes(w=0, b=0, g=0, o=0, a=0, kv=0, t=0, other=0) -> tuple[int, ...]:
@@ -178,3 +190,44 @@ def test_checkpointing_not_suggested_when_on_or_inference():
 
 def test_no_moments_no_suggestions():
     assert rank(RunFacts(moments=())) == []
+
+
+def test_layer_groups_pick_the_largest_numbered_siblings():
+    own = {
+        "embed": 5,
+        "blocks.0.ln": 10,
+        "blocks.0.fc": 40,
+        "blocks.0": 0,
+        "blocks.1.ln": 12,
+        "blocks.1.fc": 48,
+        "blocks.1": 0,
+        "heads.0": 3,
+        "heads.1": 3,
+    }
+    inclusive = {
+        name: own[name] + sum(v for n, v in own.items() if n.startswith(name + ".")) for name in own
+    }
+    assert _layer_groups(own, inclusive) == ((50, 60), (10, 12))
+
+
+def test_capacity_may_name_a_gpu():
+    assert _capacity_bytes("24GB") == 24 * 1000**3
+    assert _capacity_bytes(1 << 30) == 1 << 30
+    assert _capacity_bytes("rtx4090") == 24564 * 1024**2
+    with pytest.raises(UsageError) as info:
+        _capacity_bytes("two dozen gigs")
+    assert info.value.one_line() == (
+        "not a size or a known GPU: 'two dozen gigs' (hint: write a size like 24GB or 80GiB, "
+        "or a GPU name like rtx4090)"
+    )
+
+
+def test_the_library_modules_import_neither_pandas_nor_textual():
+    code = (
+        "import sys, profiler.oom, profiler.advice, profiler.report.render_html, "
+        "profiler.report.render_md; print(sorted(m for m in ('pandas', 'textual') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

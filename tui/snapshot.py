@@ -279,10 +279,18 @@ def alerts_for(session: SessionView, devices: Sequence[DeviceInfo]) -> tuple[Ale
     return tuple(alerts)
 
 
+_TITLE_LIMIT = 200
+
+
 def _event_alert(kind: str, message: str, data: Any, step: int) -> Alert | None:
     data = data if isinstance(data, dict) else {}
     if kind == "leak":
+        fix = _text(data.get("suggestion"))
         title = message or "leak"
+        if fix and fix in title:
+            title = title.replace(fix, "").strip()
+        if len(title) > _TITLE_LIMIT:
+            title = title[: _TITLE_LIMIT - 1].rstrip() + "…"
         per_step = data.get("bytes_per_step")
         if not message and isinstance(per_step, int):
             title = (
@@ -291,7 +299,7 @@ def _event_alert(kind: str, message: str, data: Any, step: int) -> Alert | None:
         site = data.get("site")
         if site and str(site) not in title:
             title = f"{title} at {site}"
-        return Alert("warning", "leak", title, _text(data.get("suggestion")), step)
+        return Alert("warning", "leak", title, fix, step)
     if kind == "oom":
         return Alert(
             "critical", "oom", message or "out of memory", _text(data.get("suggestion")), step

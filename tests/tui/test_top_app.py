@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import threading
 
-from conftest import FIXED_TIME, ScriptedSource, make_session, scripted_builder
+from conftest import FIXED_TIME, GIB, ScriptedSource, make_session, processes, scripted_builder
 from rich.console import Console
 from rich.text import Text
 from textual.pilot import Pilot
@@ -204,3 +205,54 @@ async def test_a_raising_builder_shows_its_error() -> None:
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         assert app.snapshot.device_error == "snapshot failed: broken builder"
+
+
+async def test_cursor_follows_the_process_when_rows_reorder() -> None:
+    builder = scripted_builder()
+    app = GpumemTopApp(builder, interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("tab", "down", "down")
+        table = app.query_one(ProcessesTable)
+        assert table.selected_identity() == "1021:1" and table.cursor_row == 2
+        source = builder.source
+        assert isinstance(source, ScriptedSource)
+        source.process_list = [
+            dataclasses.replace(p, gpu_memory=64 * GIB) if p.pid == 1021 else p
+            for p in source.process_list
+        ]
+        app.fetch()
+        await settle(pilot)
+        assert column(table, 0) == ["1021", "1014", "1007", "1000"]
+        assert table.selected_identity() == "1021:1" and table.cursor_row == 0
+
+
+async def test_paging_through_200_processes() -> None:
+    builder = scripted_builder()
+    source = builder.source
+    assert isinstance(source, ScriptedSource)
+    source.process_list = processes(200)
+    app = GpumemTopApp(builder, interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("tab")
+        table = app.query_one(ProcessesTable)
+        assert table.row_count == 200
+        await pilot.press("end")
+        assert table.cursor_row == 199
+        assert table.scroll_offset.y == 200 + 1 - table.size.height  # last row in view
+        await pilot.press("home")
+        assert (table.cursor_row, table.scroll_offset.y) == (0, 0)
+        await pilot.press("pagedown")
+        assert table.cursor_row == table.size.height - 2
+        await pilot.press("enter")  # enter on a process opens nothing
+        assert not isinstance(app.screen, SessionScreen)
+
+
+async def test_enter_on_an_empty_sessions_table_does_nothing() -> None:
+    app = GpumemTopApp(scripted_builder(sessions=[]), interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("enter", "down", "up")
+        assert not isinstance(app.screen, SessionScreen)
+        assert app.query_one(SessionsTable).selected_session() is None

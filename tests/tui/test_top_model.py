@@ -22,6 +22,7 @@ from conftest import (
 
 from profiler.errors import BackendUnavailable
 from profiler.records import Phase, Sample
+from profiler.sessions import SessionEvent
 from profiler.stream import SessionWriter
 from tui.cli import main
 from tui.snapshot import (
@@ -107,6 +108,16 @@ def test_alerts_most_severe_first_with_fixes() -> None:
     assert alerts[1].title == "activations grow 64.00 MiB/step at train.py:57"
     assert alerts[1].fix == "append loss.item(), not loss, to the history list"
     assert alerts[2].title == "activation checkpointing (saves 4.00 GiB), fits"
+
+
+def test_long_leak_message_is_trimmed_and_fix_not_repeated() -> None:
+    fix = "store loss.item() instead"
+    event = SessionEvent(
+        FIXED_TIME, 3, "leak", "leak: " + "x" * 300 + " " + fix, {"suggestion": fix}
+    )
+    (alert,) = alerts_for(make_session(growth=0, events=(event,)), [])
+    assert alert.fix == fix
+    assert len(alert.title) == 200 and alert.title.endswith("x…")
 
 
 def test_near_capacity_without_growth_warns() -> None:

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(frame_text(snapshot, width=max(60, width), sort=args.sort))
         return 0
-    if not sys.stdout.isatty():
+    if not sys.stderr.isatty():  # Textual draws on stderr
         raise UsageError("gpumem top needs a terminal", hint="use gpumem top --once [--json]")
     from tui.app import GpumemTopApp
 

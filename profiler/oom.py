@@ -189,6 +189,33 @@ def _tensors(tracker: Any) -> tuple[TensorRow, ...]:
     return tuple(rows)
 
 
+def _gap_explainer(tracker: Any, samples: list[Sample]) -> Any:
+    """``explain(category, measured, predicted)``: the likely cause of a forecast's miss."""
+    try:
+        from profiler.predict.compare import explain_gap
+    except ImportError:
+        return lambda category, measured, predicted: None
+    autocast = getattr(tracker, "autocast_dtype", None)
+    context = {
+        "rounding": getattr(tracker, "rounding", 1),
+        "autocast_dtype": None if autocast is None else str(autocast).removeprefix("torch."),
+        "attention_impl": getattr(tracker, "attention_impl", None),
+        "optimizer_class": getattr(tracker, "optimizer_class", None),
+        "training": any(str(s.phase) == "backward" for s in samples),
+        "device": str(getattr(tracker, "device", "")),
+    }
+
+    def explain(category: str, measured: int, predicted: int | None) -> str | None:
+        if predicted is None:
+            return None
+        try:
+            return str(explain_gap(category, measured, predicted, context))
+        except Exception:  # noqa: BLE001 - words are optional
+            return None
+
+    return explain
+
+
 def build_report(tracker: Any, exc: BaseException | None = None) -> OomReport:
     """The post-mortem of ``tracker``'s out-of-memory failure (not written anywhere yet)."""
     from profiler.advice import facts_from_tracker, rank
@@ -207,6 +234,7 @@ def build_report(tracker: Any, exc: BaseException | None = None) -> OomReport:
         free = max(capacity - total, 0)
     simulated = bool(failure.get("simulated", type(exc).__name__ == "SimulatedOutOfMemoryError"))
     predicted = getattr(tracker, "predicted", {}) or {}
+    explain = _gap_explainer(tracker, samples)
     breakdown = tuple(
         CategoryRow(
             category=str(category),
@@ -214,6 +242,11 @@ def build_report(tracker: Any, exc: BaseException | None = None) -> OomReport:
             peak=int(ledger.category_peak[i]),
             at_peak=int(ledger.at_peak[i]),
             predicted=None if predicted.get(category) is None else int(predicted[category]),
+            gap=explain(
+                str(category),
+                int(ledger.category_peak[i]),
+                None if predicted.get(category) is None else int(predicted[category]),
+            ),
         )
         for i, category in enumerate(CATEGORIES)
     )

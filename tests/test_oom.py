@@ -144,6 +144,7 @@ def test_error_reaches_the_user_unchanged_and_the_report_is_written(home):
     assert tuple(r.current for r in report.breakdown) == at_failure.bytes
     assert [r.category for r in report.breakdown] == [str(c) for c in CATEGORIES]
     assert report.breakdown[3].current == report.breakdown[3].predicted  # optimizer state
+    assert [r.gap for r in report.breakdown[:4]] == ["matches"] * 4
 
     largest = report.tensors[0]  # a ReLU output saved for backward: 2048 x 128 float32
     assert (largest.nbytes, largest.category, largest.shape, largest.dtype) == (

@@ -42,6 +42,7 @@ def test_json_has_no_path_and_keeps_ints():
         "peak": 600 * MiB,
         "at_peak": 600 * MiB,
         "predicted": None,
+        "gap": None,
     }
 
 
@@ -135,7 +136,8 @@ def test_markdown_has_every_section_with_figures():
     assert (
         "| 64.00 MiB | activations | 64×1024×256 | float32 | blocks.3.fc1 | train.py:42 |" in text
     )
-    assert "| activations | 600.00 MiB | 600.00 MiB | 600.00 MiB | - |" in text
+    assert "| activations | 600.00 MiB | 600.00 MiB | 600.00 MiB | - | - |" in text
+    assert "| weights | 40.00 MiB | 40.00 MiB | 40.00 MiB | 40.00 MiB | matches |" in text
     assert "Predicted vs measured (categories with a forecast): 160.00 MiB predicted" in text
 
 

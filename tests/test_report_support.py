@@ -32,6 +32,7 @@ def make_report(**overrides: object) -> OomReport:
             predicted={"weights": 40 * MiB, "gradients": 40 * MiB, "optimizer": 80 * MiB}.get(
                 str(c)
             ),
+            gap="matches" if str(c) in ("weights", "gradients", "optimizer") else None,
         )
         for i, c in enumerate(CATEGORIES)
     )

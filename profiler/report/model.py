@@ -42,13 +42,17 @@ SCHEMA_VERSION = 1
 
 @dataclass(frozen=True, slots=True)
 class CategoryRow:
-    """One category: bytes at the failure, its own peak, its share of the peak, and the forecast."""
+    """One category: bytes at the failure, its own peak, its share of the peak, and the forecast.
+
+    ``gap`` is the likely cause of the difference between the peak and the forecast, in words.
+    """
 
     category: str
     current: int
     peak: int
     at_peak: int
     predicted: int | None = None
+    gap: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

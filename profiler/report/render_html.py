@@ -206,7 +206,7 @@ def render_html(report: OomReport) -> str:
         f"<li><b>{_esc(s.title)}</b>: {_esc(s.detail)}</li>" for s in report.suggestions if s.detail
     )
     breakdown = _table(
-        ["category", "at failure", "peak", "share of peak", "predicted"],
+        ["category", "at failure", "peak", "share of peak", "predicted", "peak vs predicted"],
         [
             [
                 r.category,
@@ -214,6 +214,7 @@ def render_html(report: OomReport) -> str:
                 format_bytes(r.peak),
                 format_bytes(r.at_peak),
                 format_bytes(r.predicted),
+                r.gap,
             ]
             for r in report.breakdown
         ],

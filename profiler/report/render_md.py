@@ -93,7 +93,7 @@ def render_markdown(report: OomReport) -> str:
 
     out += ["", "## Memory by category", ""]
     out += _table(
-        ["category", "at failure", "peak", "share of peak", "predicted"],
+        ["category", "at failure", "peak", "share of peak", "predicted", "peak vs predicted"],
         [
             [
                 r.category,
@@ -101,6 +101,7 @@ def render_markdown(report: OomReport) -> str:
                 format_bytes(r.peak),
                 format_bytes(r.at_peak),
                 format_bytes(r.predicted),
+                r.gap,
             ]
             for r in report.breakdown
         ],

@@ -574,15 +574,16 @@ def _top_modules(tracker: Any, limit: int = 10) -> list[list[Any]] | None:
     if callable(top):
         return [[str(name), int(value)] for name, value in top(limit)]
     stats = getattr(tracker, "_module_stats", None)
+    pairs: list[tuple[str, int]]
     if isinstance(stats, Mapping):
-        pairs = [[str(name), int(max(s[1], s[2]))] for name, s in list(stats.items())]
+        pairs = [(str(name), int(max(s[1], s[2]))) for name, s in list(stats.items())]
     elif "pandas" in sys.modules and hasattr(tracker, "modules"):
         frame = tracker.modules()
         if frame is None or "activations" not in frame.columns:
             return None
         names = frame["module"] if "module" in frame.columns else frame.index
         pairs = [
-            [str(name), int(value)]
+            (str(name), int(value))
             for name, value in zip(names, frame["activations"], strict=False)
             if value == value  # not NaN
         ]
@@ -590,7 +591,7 @@ def _top_modules(tracker: Any, limit: int = 10) -> list[list[Any]] | None:
         return None
     pairs = [pair for pair in pairs if pair[1] > 0]
     pairs.sort(key=lambda pair: (-pair[1], pair[0]))
-    return pairs[:limit]
+    return [[name, value] for name, value in pairs[:limit]]
 
 
 class _RotatingFile:

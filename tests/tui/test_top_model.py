@@ -256,3 +256,27 @@ def test_cli_home_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_cli_without_terminal_points_to_once(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["top", "--demo"]) == 2
     assert "use gpumem top --once [--json]" in capsys.readouterr().err
+
+
+def test_once_needs_no_textual() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, argparse\n"
+        "from tui.commands import top\n"
+        "parser = argparse.ArgumentParser(); top.add_arguments(parser)\n"
+        "assert top.run(parser.parse_args(['--once', '--demo', '--home', sys.argv[1]])) == 0\n"
+        "print('textual' in sys.modules)\n"
+    )
+    repo = str(Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        [sys.executable, "-c", code, repo + "/no-such-home"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=repo),
+        check=True,
+    )
+    assert out.stdout.splitlines()[-1] == "False"
+    assert "GPU0 NVIDIA H100 80GB HBM3" in out.stdout

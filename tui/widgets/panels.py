@@ -27,7 +27,7 @@ from tui.widgets.render import (
     session_header,
     session_row,
 )
-from tui.widgets.table import RowTable
+from tui.widgets.table import Row, RowTable
 
 __all__ = [
     "AlertsPanel",
@@ -152,7 +152,7 @@ class ProcessesTable(RowTable):
         snapshot = self.snapshot
         if self.border_subtitle != snapshot.process_error:
             self.border_subtitle = snapshot.process_error
-        rows = []
+        rows: list[Row] = []
         for process in sort_processes(snapshot.processes, self.sort):
             pid, user, gpu, memory, command = process_row(process)
             identity = f"{process.pid}:{process.device_index}"

@@ -409,8 +409,7 @@ def find_holders_without_locals(layer: nn.Module) -> list[Holder]:
     """Find the holder of the tensors kept by ``layer``'s hook closure."""
     (hook,) = layer._forward_hooks.values()
     (cell,) = hook.__closure__
-    outputs = list(cell.cell_contents)
-    return find_holders(outputs, model=layer)
+    return find_holders(list(cell.cell_contents), model=layer)
 
 
 def test_find_holders_names_a_module_attribute() -> None:

@@ -169,3 +169,23 @@ def test_report_from_a_real_cuda_oom(tmp_path: Path, capsys):
         "| allocator | Set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True | 6.00 GiB "
         "| 75.00 GiB | yes |" in text
     )
+
+
+def test_long_timelines_are_thinned_keeping_the_peak_and_the_end(tmp_path: Path):
+    from profiler.oom import MAX_TIMELINE_POINTS, build_report
+
+    tracker = ScriptedTracker(tmp_path)
+    totals = [(k * 7919) % 1000 for k in range(5000)]
+    totals[1234] = 5000  # the peak
+    reading = AllocatorReading(allocated=0, reserved=0)
+    tracker.samples = [
+        Sample(float(k), k // 10, Phase.FORWARD, None, (0, 0, 0, 0, v, 0, 0, 0), v, reading)
+        for k, v in enumerate(totals)
+    ]
+    tracker.failure = dict(tracker.failure, time=4999.0, total=totals[-1])
+    report = build_report(tracker, None)
+    times = [p.time for p in report.timeline]
+    assert len(times) == MAX_TIMELINE_POINTS
+    assert times == sorted(times)
+    assert 1234.0 in times and times[-1] == 4999.0
+    assert max(p.total for p in report.timeline) == 5000

@@ -1094,17 +1094,23 @@ class LeakDetector:
                     steps=len(old_steps),
                 )
             if not any(s.site for s in sites):
-                # storages replaced as they grow (a KV cache, torch.cat): the newest ones
-                sites = (
-                    creation_sites(
-                        storages,
-                        first_step=hunt_steps[0],
-                        last_step=record.step,
-                        categories=cats,
-                        steps=len(hunt_steps),
-                    )
-                    or sites
+                # storages replaced as they grow (a KV cache, torch.cat): the newest ones, each
+                # site charged its share of the measured growth
+                newest = creation_sites(
+                    storages,
+                    first_step=hunt_steps[0],
+                    last_step=record.step,
+                    categories=cats,
+                    steps=1,
                 )
+                held = sum(s.bytes_per_step for s in newest)
+                if newest and held > 0:
+                    sites = [
+                        _replace_site(
+                            s, bytes_per_step=est.bytes_per_step * s.bytes_per_step // held
+                        )
+                        for s in newest
+                    ]
         if category is None:
             category = sites[0].category if sites else Category.OTHER
         holder = _pick_holder(category, holders)
@@ -1227,6 +1233,12 @@ def _replace(leak: Leak, **changes: Any) -> Leak:
     import dataclasses
 
     return dataclasses.replace(leak, **changes)
+
+
+def _replace_site(site: CreationSite, **changes: Any) -> CreationSite:
+    import dataclasses
+
+    return dataclasses.replace(site, **changes)
 
 
 def _tensor_refs() -> dict[int, weakref.ref[Any]]:

@@ -228,6 +228,10 @@ def test_kv_storages_replaced_as_they_grow_use_the_newest_site(user_file: Path) 
     assert leak.pattern == LeakPattern.KV_CACHE_NOT_RESET
     assert leak.site == site
     assert leak.bytes_per_step == MiB
+    # the newest storage holds the whole cache (8 MiB); the site is charged the growth rate
+    assert [(c.site, c.bytes_per_step, c.steps) for c in leak.evidence.creation_sites] == [
+        (site, MiB, (7,))
+    ]
 
 
 # ---------------------------------------------------------------------- grouping and patterns

@@ -19,6 +19,7 @@ def recipes_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         sys.modules.pop(name, None)
 
 
+@pytest.mark.filterwarnings("ignore:gpumem. out of memory; report written to")
 def test_dies_then_fits_with_the_top_suggestion(capsys, tmp_path: Path):
     import die_on_small_gpu
     import fit_with_top_suggestion

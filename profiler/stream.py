@@ -149,7 +149,7 @@ def _object_format(fields: tuple[str, ...]) -> str:
     return "{" + ",".join(f'"{name}":%s' for name in fields) + "}"
 
 
-_BYTES_FORMAT = "{" + ",".join(f'"{name}":%d' for name in _CATEGORY_NAMES) + "}"
+_BYTES_FORMAT = "{" + ",".join(f'"{name}":%s' for name in _CATEGORY_NAMES) + "}"
 _ALLOCATOR_FORMAT = _object_format(_ALLOCATOR_FIELDS)
 _NVML_FORMAT = _object_format(_NVML_FIELDS)
 _ALLOCATOR_GET = operator.attrgetter(*_ALLOCATOR_FIELDS)
@@ -157,10 +157,10 @@ _NVML_GET = operator.attrgetter(*_NVML_FIELDS)
 
 
 def _reading(value: Any, fmt: str, get: Callable[[Any], tuple[Any, ...]]) -> str:
-    """A reading record as compact JSON (``None`` fields as ``null``), or ``null``."""
+    """A reading record (numbers or ``None``) as compact JSON, or ``null``."""
     if value is None:
         return "null"
-    return fmt % tuple("null" if v is None else int(v) for v in get(value))
+    return (fmt % get(value)).replace("None", "null")
 
 
 class SessionWriter:

@@ -1,24 +1,38 @@
 """The session stream writer: one directory per tracked session under ``$GPUMEM_HOME``.
 
 A :class:`SessionWriter` is an observer of a tracker. It writes, into
-``$GPUMEM_HOME/sessions/<start>-<host>-<pid>-<name>/``:
+``$GPUMEM_HOME/sessions/<YYYYmmddTHHMMSS.ffffff>-<host>-<pid>-<name>/`` (UTC start time; the
+directory names sort by start; ``-`` never appears inside a field):
 
-- ``meta.json``: who is running what (pid, host, rank, device, model, command), written atomically;
-- ``samples.jsonl``: rate-limited samples, one JSON object a line;
-- ``events.jsonl``: every step end, leak alert, OOM, suggestion and warning, one a line;
-- ``modules.json``: the top modules by activations, rewritten atomically every few seconds;
-- ``summary.json``: the final summary, written atomically when the session ends.
+- ``meta.json`` (atomic): ``v``, ``name``, ``pid``, ``host``, ``rank``, ``world_size`` (when
+  torch.distributed is initialised, else null), ``start_time`` (epoch s), ``command``,
+  ``interval``, ``categories`` (the category order), ``device``, ``device_type``,
+  ``device_index``, ``mode``, ``model_class``, ``param_count``, ``capacity`` (a simulated device's
+  bytes), ``predicted`` (category → bytes or null);
+- ``samples.jsonl``: one object a line: ``v``, ``t``, ``step``, ``phase``, ``module``, ``bytes``
+  (category → bytes), ``total``, ``peak`` (true for a window's peak written beside the latest
+  sample), ``allocator`` (allocated, reserved, active, inactive_split, peak_allocated,
+  num_alloc_retries, num_ooms, or null) and ``nvml`` (process_used, device_used, device_total,
+  device_index, or null);
+- ``events.jsonl``: ``v``, ``t``, ``step``, ``kind`` (step_end, leak, leak_hunt, oom,
+  suggestion, warning, start, end), ``message``, ``data``; a step end's data holds
+  ``duration``, ``bytes``, ``total``, ``peak``, ``peak_bytes`` and ``session_peak``;
+- ``modules.json`` (atomic, every few seconds): ``v``, ``t``, ``activations`` (the top modules
+  as ``[[name, bytes], ...]``);
+- ``summary.json`` (atomic, at the end): ``v``, ``end_time``, ``status`` (ok or error),
+  ``error``, ``session_peak``, ``summary`` (the tracker's ``summary()``).
 
 Every line and file carries ``"v": SCHEMA_VERSION``. Readers (:mod:`profiler.sessions`) skip a
 torn last line, corrupt lines and unknown fields. The two ``.jsonl`` files rotate at
 ``max_bytes`` (the old one becomes ``samples.1.jsonl``), so a session holds at most about
-``4 * max_bytes`` on disk, and old ended sessions are pruned when a new one starts.
+``4 * max_bytes`` on disk, and old ended sessions are pruned (the newest 64 kept) when a new one
+starts.
 
-Overhead: a written sample costs a few µs (hand-built JSON, a buffered write); samples that
-arrive within ``interval`` of the last written one cost a comparison. A daemon thread writes the
-latest pending sample and flushes every ``interval``, so a process killed with SIGKILL loses at
-most the last interval. A write that fails (disk full, directory removed) warns once and stops
-the stream; the tracked program carries on.
+Overhead: a written sample costs about 10 µs of CPU (hand-built JSON, a buffered write); a
+sample that arrives within ``interval`` of the last written one costs a comparison (< 1 µs). A
+daemon thread writes the latest pending sample and flushes every ``interval``, so a process
+killed with SIGKILL loses at most the last interval. A write that fails (disk full, directory
+removed) warns once and stops the stream; the tracked program carries on.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -137,7 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capacity", default=DEFAULT_CAPACITY)
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH)
     args = parser.parse_args(argv)
-    warnings.simplefilter("default")
     try:
         mem = train(Setup(batch=args.batch), args.capacity)
     except SimulatedOutOfMemoryError as exc:

@@ -50,10 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH)
     parser.add_argument("--kind", choices=APPLICABLE, help="apply this kind instead of the top")
     args = parser.parse_args(argv)
-    warnings.simplefilter("ignore")  # the report path is printed below
     setup = Setup(batch=args.batch)
     try:
-        train(setup, args.capacity)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the report path is printed below
+            train(setup, args.capacity)
     except SimulatedOutOfMemoryError as exc:
         report = exc.gpumem.oom_report  # type: ignore[attr-defined]
     else:

@@ -217,3 +217,35 @@ def test_compare_autocast_and_missing_backward() -> None:
     table = compare(frame, context={"autocast_dtype": torch.bfloat16, "attention_impl": "sdpa"})
     assert "autocast" in table.loc["activations", "cause"]
     assert "backward" in table.loc["gradients", "cause"]
+
+
+def test_checkpointing_and_inference_predictions_llama() -> None:
+    from profiler.tracker import track_memory
+
+    model = _tiny("llama")
+    model.gradient_checkpointing_enable()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids = torch.randint(0, 1000, (2, 64))
+    with track_memory(model, opt, mode="exact", stream=False) as mem:
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        mem.step()
+    frame = mem.breakdown()
+    measured = frame.loc["activations", "peak"]
+    assert abs(frame.loc["activations", "predicted"] - measured) / measured < 0.10
+    assert frame.loc["kv_cache", "predicted"] == frame.loc["kv_cache", "peak"] == 0
+
+    model = _tiny("llama").eval()
+    with track_memory(model, None, mode="exact", stream=False) as mem, torch.no_grad():
+        model(input_ids=ids)
+        mem.step()
+    frame = mem.breakdown()
+    # 2 layers x (K + V) x 2 KV heads x 16 x 64 tokens x batch 2 x 4 bytes
+    assert frame.loc["kv_cache", "predicted"] == frame.loc["kv_cache", "peak"] == 65_536
+    assert frame.loc["activations", "predicted"] == frame.loc["activations", "peak"] == 0
+    # At the head: the final norm's output (T x h x 4) and the logits (T x vocab x 4); the
+    # ledger also counts the cache built during the forward as temporaries until it is claimed.
+    tokens = 2 * 64
+    assert frame.loc["temporaries", "predicted"] == tokens * 64 * 4 + tokens * 1000 * 4
+    assert frame.loc["temporaries", "peak"] == frame.loc["temporaries", "predicted"] + 65_536
+    assert "KV cache" in mem.compare().loc["temporaries", "cause"]

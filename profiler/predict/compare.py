@@ -30,12 +30,22 @@ def _as_int(value: Any) -> int | None:
 
 
 def explain_gap(
-    category: str, measured: int, predicted: int | None, context: dict[str, Any]
+    category: str,
+    measured: int,
+    predicted: int | None,
+    context: dict[str, Any],
+    kv_predicted: int | None = None,
 ) -> str:
     """The likely cause of ``measured - predicted`` for one category, in a few words."""
     if predicted is None:
         return "no prediction for this category"
     gap = measured - predicted
+    if (
+        category == "temporaries"
+        and kv_predicted
+        and abs(gap - kv_predicted) <= max(_SMALL, 0.1 * kv_predicted)
+    ):
+        return "the KV cache built during the forward, counted as temporaries until recognised"
     if abs(gap) <= max(_SMALL, _TOLERANCE * max(predicted, 1)):
         return "matches"
     rounding = int(context.get("rounding") or 1)
@@ -105,6 +115,9 @@ def compare(breakdown: pandas.DataFrame, *, context: dict[str, Any]) -> pandas.D
     import pandas as pd
 
     rows = []
+    kv_predicted = None
+    if "kv_cache" in breakdown.index and "predicted" in breakdown.columns:
+        kv_predicted = _as_int(breakdown.loc["kv_cache"].get("predicted"))
     names = [str(c) for c in CATEGORIES] + [
         str(c) for c in breakdown.index if str(c) not in {str(k) for k in CATEGORIES}
     ]
@@ -124,7 +137,7 @@ def compare(breakdown: pandas.DataFrame, *, context: dict[str, Any]) -> pandas.D
                 "predicted": predicted,
                 "gap": gap,
                 "gap_pct": pct,
-                "cause": explain_gap(name, measured, predicted, context),
+                "cause": explain_gap(name, measured, predicted, context, kv_predicted),
             }
         )
     frame = pd.DataFrame(

@@ -22,6 +22,7 @@ from profiler.errors import ConfigError, UsageError
 from profiler.predict.formats import WeightFormat, find_format
 from profiler.predict.formulas import (
     adafactor_state_bytes,
+    checkpoint_recompute_bytes,
     inference_activation_bytes,
     kv_cache_bytes,
     lora_parameter_count,
@@ -347,6 +348,10 @@ def estimate(
         values[Category.TEMPORARIES] = _training_temporaries(
             shape, fmt, optimizer, trainable, state, batch, seq, values[Category.ACTIVATIONS]
         )
+        if gradient_checkpointing:
+            values[Category.TEMPORARIES] += checkpoint_recompute_bytes(
+                shape, batch=batch, seq=seq, act_bytes=act_bytes, attention=attention
+            )
     else:
         kv_bytes = _dense_bytes(kv_cache_dtype) if kv_cache_dtype else act_bytes
         values[Category.KV_CACHE] = kv_cache_bytes(

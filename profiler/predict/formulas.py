@@ -23,7 +23,9 @@ from profiler.predict.modelshape import ModelShape
 __all__ = [
     "Matrix",
     "activation_bytes_for_module",
+    "checkpoint_recompute_bytes",
     "inference_activation_bytes",
+    "is_checkpointing",
     "kv_cache_bytes",
     "kv_cache_bytes_per_token",
     "linear_matrices",
@@ -318,8 +320,8 @@ def training_activation_bytes(
     the blocks: embeddings, the final norm and the loss's fp32 log-softmax. The logits are not
     saved for backward (the tracker counts them as temporaries).
 
-    With gradient checkpointing only each block's input is kept, and one block is recomputed
-    at a time during backward.
+    With gradient checkpointing only each block's input is kept (plus the head); the one block
+    recomputed at a time during backward is :func:`checkpoint_recompute_bytes`.
     """
     a = act_bytes
     block = _block_training(shape, batch, seq, a, attention, device)
@@ -327,7 +329,23 @@ def training_activation_bytes(
     if not checkpointing:
         return shape.num_layers * _sum(block, rounding) + _sum(head, rounding)
     kept = shape.num_layers * _sum([(batch * seq * shape.hidden_size * a, 1)], rounding)
-    return kept + _sum(head, rounding) + _sum(block, rounding)
+    # The block recomputed during backward is held by checkpoint's own saved-tensor hooks; the
+    # tracker counts it as temporaries (see checkpoint_recompute_bytes).
+    return kept + _sum(head, rounding)
+
+
+def checkpoint_recompute_bytes(
+    shape: ModelShape,
+    *,
+    batch: int,
+    seq: int,
+    act_bytes: int = 2,
+    attention: str = "sdpa",
+    device: str = "cuda",
+    rounding: int = 1,
+) -> int:
+    """Bytes of one block's activations, rebuilt during backward under gradient checkpointing."""
+    return _sum(_block_training(shape, batch, seq, act_bytes, attention, device), rounding)
 
 
 def inference_activation_bytes(
@@ -342,10 +360,13 @@ def inference_activation_bytes(
 ) -> int:
     """Peak activation bytes of an inference prefill of ``seq`` tokens (KV cache excluded).
 
-    The residual stream and one block's largest working set are alive at once: the attention
-    phase (normed input, q, the attention output and, for eager attention, the fp32 scores and
-    their cast) or the MLP phase (normed input and three ``T × I`` tensors), whichever is larger;
-    then the logits (last position only, as ``generate`` computes them, unless ``all_logits``).
+    Inside the blocks the residual stream and one block's largest working set are alive at once:
+    the attention phase (normed input, q, the attention output and, for eager attention, the
+    fp32 scores and their cast) or the MLP phase (normed input and three ``T × I`` tensors).
+    At the head the final norm's output and the logits are alive (last position only, as
+    ``generate`` computes them, unless ``all_logits``). The peak is the larger of the two.
+    Under ``no_grad`` nothing is saved for backward, so the tracker counts these bytes as
+    temporaries, not activations.
     """
     a = act_bytes
     t = batch * seq
@@ -358,9 +379,14 @@ def inference_activation_bytes(
     mlp_tensors = 3 if shape.gated_mlp else 2
     mlp = [(t * h * a, 1), (t * experts * inter * a, mlp_tensors)]
     rows = t if all_logits else batch
-    logits = [(rows * shape.vocab_size * a, 1), (rows * shape.vocab_size * 4, 1)]
+    # At the head only the final norm's output and the logits are alive; generate() also keeps
+    # an fp32 copy of the last position's logits.
+    logits = [(t * h * a, 1), (rows * shape.vocab_size * a, 1)]
+    if not all_logits:
+        logits += [(rows * shape.vocab_size * 4, 1)]
     stream = _sum([(t * h * a, 2)], rounding)
-    return stream + max(_sum(attn, rounding), _sum(mlp, rounding), _sum(logits, rounding))
+    blocks = stream + max(_sum(attn, rounding), _sum(mlp, rounding))
+    return max(blocks, _sum(logits, rounding))
 
 
 def activation_bytes_for_module(
@@ -387,7 +413,7 @@ def activation_bytes_for_module(
     if device == "meta":
         device = "cuda"
     if training:
-        checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))
+        checkpointing = is_checkpointing(model)
         dropout_on = bool(getattr(model, "training", True))
         if not dropout_on:
             shape = _without_dropout(shape)
@@ -410,6 +436,14 @@ def activation_bytes_for_module(
         all_logits=True,
         rounding=rounding,
     )
+
+
+def is_checkpointing(model: Any) -> bool:
+    """Whether a transformers model has gradient (activation) checkpointing on."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(model), name) or name in getattr(model, "__dict__", {}):
+            return bool(getattr(model, name, False))
+    return False
 
 
 def _without_dropout(shape: ModelShape) -> ModelShape:

@@ -202,7 +202,11 @@ def _activation_prediction(
     rounding: int,
     kv_tokens: int | None,
 ) -> tuple[int | None, int | None]:
-    from profiler.predict.formulas import activation_bytes_for_module, kv_cache_bytes
+    from profiler.predict.formulas import (
+        activation_bytes_for_module,
+        is_checkpointing,
+        kv_cache_bytes,
+    )
     from profiler.predict.modelshape import shape_from_module
 
     shape = shape_from_module(model)
@@ -210,6 +214,9 @@ def _activation_prediction(
         return None, None
     kv: int | None = None
     config = getattr(model, "config", None)
+    checkpointing = is_checkpointing(model)
+    if kv_tokens is None and training and checkpointing:
+        kv_tokens = 0  # transformers turns use_cache off under gradient checkpointing
     if kv_tokens is None and seq is not None and getattr(config, "use_cache", False):
         kv_tokens = seq  # a transformers forward with use_cache builds a cache of the input
     if kv_tokens is not None and batch is not None:
@@ -273,7 +280,9 @@ def predict_tracked(
 
     Returns:
         A dict with every category; a value is None where no prediction can be made.
-        ``temporaries`` and ``other`` are always None: no formula predicts them.
+        ``other`` is always None. ``temporaries`` is None after training (no formula predicts
+        the transient peak of a step); for inference it holds the prefill's working set, which
+        the ledger counts as temporaries because nothing is saved for backward.
     """
     result: dict[Category, int | None] = dict.fromkeys(CATEGORIES)
     if model is not None:
@@ -301,7 +310,13 @@ def predict_tracked(
                 rounding=rounding,
                 kv_tokens=kv_tokens,
             )
-            result[Category.ACTIVATIONS] = acts
+            if training or acts is None:
+                result[Category.ACTIVATIONS] = acts
+            else:
+                # Under no_grad nothing is saved for backward: the ledger counts the prefill's
+                # working set as temporaries.
+                result[Category.ACTIVATIONS] = 0
+                result[Category.TEMPORARIES] = acts
             result[Category.KV_CACHE] = kv
         except Exception as exc:  # noqa: BLE001
             _warn_once("activations", exc)

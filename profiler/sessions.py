@@ -517,6 +517,19 @@ def _default_pid_exists(pid: int) -> bool:
     return bool(psutil.pid_exists(pid))
 
 
+def _process_alive(pid: int, start_time: float | None) -> bool:
+    """Whether ``pid`` runs and is the process that started at ``start_time`` (not a reuse)."""
+    import psutil
+
+    try:
+        created = psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    except Exception:
+        return bool(psutil.pid_exists(pid))
+    return start_time is None or created <= start_time + 2.0
+
+
 def _newest_mtime(directory: Path) -> float | None:
     newest = None
     for name in ("samples.jsonl", "events.jsonl", "meta.json"):
@@ -536,7 +549,8 @@ class SessionReader:
         ended_for: how long (s) an ended session stays listed.
         stale_after: for a session on another host, how long (s) without a write means ended.
         clock: the time source (tests freeze it).
-        pid_exists: tells whether a pid exists on this host (tests script it).
+        pid_exists: tells whether a pid exists on this host (tests script it); by default a
+            pid counts only if its process started no later than the session (pid reuse).
         host: this host's name.
     """
 
@@ -559,7 +573,7 @@ class SessionReader:
         self.ended_for = ended_for
         self.stale_after = stale_after
         self.clock = clock
-        self.pid_exists = pid_exists or _default_pid_exists
+        self.pid_exists = pid_exists
         self.host = host if host is not None else socket.gethostname()
         self._states: dict[str, _SessionState] = {}
         self._ignored: set[str] = set()
@@ -623,8 +637,13 @@ class SessionReader:
         if newest is None or now - newest <= self.ended_for:
             return False
         if self._same_host(meta.host) and meta.pid is not None:
-            return not self.pid_exists(meta.pid)
+            return not self._alive(meta.pid, meta.start_time)
         return True
+
+    def _alive(self, pid: int, start_time: float | None) -> bool:
+        if self.pid_exists is not None:
+            return self.pid_exists(pid)
+        return _process_alive(pid, start_time)
 
     def _judge(self, state: _SessionState, now: float) -> SessionView | None:
         summary = state.summary
@@ -643,7 +662,7 @@ class SessionReader:
             )
         meta = state.meta
         if self._same_host(meta.host):
-            alive = meta.pid is not None and self.pid_exists(meta.pid)
+            alive = meta.pid is not None and self._alive(meta.pid, meta.start_time)
         else:
             newest = _newest_mtime(state.directory)
             alive = newest is not None and now - newest <= self.stale_after

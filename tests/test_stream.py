@@ -463,3 +463,12 @@ def test_profiler_stream_imports_no_textual_or_pandas() -> None:
         check=True,
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_a_reused_pid_does_not_keep_a_session_alive() -> None:
+    from profiler.sessions import _process_alive
+
+    now = time.time()
+    assert _process_alive(os.getpid(), now) is True
+    # A session that started an hour before this process cannot be this process.
+    assert _process_alive(os.getpid(), now - 3600) is False

@@ -35,7 +35,7 @@ from tui.snapshot import (
     session_capacity,
     sort_processes,
 )
-from tui.widgets.render import frame_text, snapshot_to_dict, sparkline
+from tui.widgets.render import buckets, frame_text, snapshot_to_dict, sparkline
 
 
 def test_empty_snapshot_is_the_sentinel() -> None:
@@ -137,7 +137,8 @@ def test_sort_processes_each_key() -> None:
 def test_sparkline_scales_min_to_max() -> None:
     assert sparkline([0, 1, 2, 3, 4, 5, 6, 7], 8) == "▁▂▃▄▅▆▇█"
     assert sparkline([5, 5, 5], 10) == "▄▄▄"
-    assert sparkline([1, 2, 3, 4], 2) == "▁█"
+    assert sparkline([1, 2, 3, 4], 2) == "▁█"  # squeezed: the maximum of each half
+    assert buckets([5, 1, 1, 1, 1, 9, 1, 1, 1], 3) == [5, 9, 1]
 
 
 def test_frame_text_golden() -> None:

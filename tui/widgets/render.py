@@ -184,12 +184,24 @@ def render_category_bars(session: SessionView, width: int = 80) -> RenderableTyp
     return Group(*lines, Text(""), legend)
 
 
-def sparkline(values: Sequence[int], width: int) -> str:
-    """The last ``width`` values as block characters scaled from their minimum to their maximum.
+def buckets(values: Sequence[int], width: int) -> list[int]:
+    """``values`` squeezed into at most ``width`` columns, each the maximum of its share.
 
-    A flat series draws at mid height, so that a change, however small, shows as a step.
+    The maximum keeps every peak visible however long the history.
     """
-    values = list(values)[-width:]
+    count = len(values)
+    if count <= width:
+        return list(values)
+    return [max(values[i * count // width : (i + 1) * count // width]) for i in range(width)]
+
+
+def sparkline(values: Sequence[int], width: int) -> str:
+    """``values`` as at most ``width`` block characters, scaled from their minimum to maximum.
+
+    Longer series are squeezed (:func:`buckets`); a flat series draws at mid height, so that a
+    change, however small, shows as a step.
+    """
+    values = buckets(values, width)
     if not values:
         return ""
     low, high = min(values), max(values)
@@ -200,7 +212,7 @@ def sparkline(values: Sequence[int], width: int) -> str:
 
 
 def render_history(session: SessionView, width: int = 80) -> RenderableType:
-    """Sparklines of the total and of each category that ever held bytes, newest at the right.
+    """Sparklines of the total and of each category over the kept history, newest at the right.
 
     Each line is scaled to its own range, printed at its right (``min … max``).
     """
@@ -219,7 +231,7 @@ def render_history(session: SessionView, width: int = 80) -> RenderableType:
     for n, (name, values, style) in enumerate(series):
         if n:
             text.append("\n")
-        shown = values[-chart:]
+        shown = buckets(values, chart)
         text.append(f"{name:<{label}}")
         text.append(sparkline(shown, chart).ljust(chart), style=style)
         low, high = min(shown), max(shown)

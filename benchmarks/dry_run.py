@@ -42,8 +42,12 @@ def main() -> None:
     config = LlamaConfig(**fields)
     vocab = config.vocab_size
 
+    build_time: list[float] = []
+
     def build() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        began = time.perf_counter()
         model = LlamaForCausalLM(config).to(torch.bfloat16)
+        build_time.append(time.perf_counter() - began)
         return model, torch.optim.AdamW(model.parameters(), lr=1e-5)
 
     def step(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -53,16 +57,18 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
 
     run_start = time.perf_counter()
+    cpu_start = time.process_time()
     result = dry_run(build, step, steps=args.steps, device="cuda")
     done = time.perf_counter()
+    cpu = time.process_time() - cpu_start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     print(
         f"model: {args.preset} bf16, AdamW, batch {args.batch}, seq {args.seq}, {args.steps} steps"
     )
     print(
-        f"imports: {imported - start:.1f} s   dry run: {done - run_start:.1f} s   "
-        f"total: {done - start:.1f} s"
+        f"imports: {imported - start:.1f} s   dry run: {done - run_start:.1f} s wall, "
+        f"{cpu:.1f} s CPU (build {build_time[0]:.1f} s wall)   total: {done - start:.1f} s"
     )
     print(f"peak host memory (ru_maxrss): {format_bytes(rss)}")
     print(f"dry-run peak (CUDA rounding): {format_bytes(result.peak_bytes)}")

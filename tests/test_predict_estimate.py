@@ -181,3 +181,18 @@ def test_breakdown_frame() -> None:
     assert frame.index.name == "category"
     assert list(frame.index) == [str(c) for c in Category]
     assert frame.loc["weights", "predicted"] == 124_439_808 * 2
+
+
+def test_predict_imports_neither_pandas_nor_textual() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, profiler.predict, profiler.predict.dryrun;"
+        "from profiler.predict import estimate; estimate('llama-2-7b');"
+        "print('pandas' in sys.modules, 'textual' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.split() == ["False", "False"]

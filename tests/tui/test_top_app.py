@@ -6,9 +6,9 @@ import dataclasses
 import io
 import threading
 
-from conftest import FIXED_TIME, GIB, ScriptedSource, make_session, processes, scripted_builder
 from rich.console import Console
 from rich.text import Text
+from scripted import FIXED_TIME, GIB, ScriptedSource, make_session, processes, scripted_builder
 from textual.pilot import Pilot
 from textual.widgets import Static
 

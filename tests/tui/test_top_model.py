@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import (
+from scripted import (
     FIXED_TIME,
     GIB,
     LEAK,

@@ -6,7 +6,7 @@ SVGs under ``__snapshots__`` before committing them.
 
 from __future__ import annotations
 
-from conftest import scripted_builder
+from scripted import scripted_builder
 from textual.pilot import Pilot
 
 from tui.app import GpumemTopApp

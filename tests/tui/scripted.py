@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import pytest
-
 from profiler.backends.base import DeviceInfo, ProcessInfo
 from profiler.records import CATEGORIES
 from profiler.sessions import HistoryPoint, SessionEvent, SessionMeta, SessionView, StepPoint
@@ -219,8 +217,3 @@ def scripted_builder(
         if no_gpu
         else None,
     )
-
-
-@pytest.fixture
-def builder() -> SnapshotBuilder:
-    return scripted_builder()

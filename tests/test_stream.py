@@ -472,3 +472,22 @@ def test_a_reused_pid_does_not_keep_a_session_alive() -> None:
     assert _process_alive(os.getpid(), now) is True
     # A session that started an hour before this process cannot be this process.
     assert _process_alive(os.getpid(), now - 3600) is False
+
+
+def test_session_of_another_host_lives_while_its_files_change(tmp_path: Path) -> None:
+    w = writer(tmp_path, host="other-node", interval=0.0)
+    w.on_sample(sample(T0))
+    w.close()
+    mtime = os.stat(w.directory / "samples.jsonl").st_mtime
+    calls: list[int] = []
+
+    def pid_exists(pid: int) -> bool:
+        calls.append(pid)
+        return False
+
+    fresh = SessionReader(tmp_path, clock=lambda: mtime + 30, pid_exists=pid_exists, host="node-a")
+    (view,) = fresh.poll()
+    assert view.live and calls == []  # another host's pid is never looked up here
+    stale = SessionReader(tmp_path, clock=lambda: mtime + 61, pid_exists=pid_exists, host="node-a")
+    (view,) = stale.poll()
+    assert not view.live and view.status == "killed"

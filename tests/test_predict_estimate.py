@@ -196,3 +196,33 @@ def test_predict_imports_neither_pandas_nor_textual() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("preset", sorted(__import__("profiler.predict").predict.preset_names()))
+def test_every_preset_in_every_mode(preset: str) -> None:
+    facts = load_preset(preset)
+    params = facts["parameters"]
+    for mode, precision in (
+        ("inference", "fp16"),
+        ("inference", "q4_k_m"),
+        ("inference", "awq"),
+        ("train", "bf16"),
+        ("lora", "bf16"),
+        ("qlora", "nf4-dq"),
+    ):
+        est = estimate(preset, mode=mode, precision=precision, seq=512, batch=2)
+        cats = est.categories
+        assert est.parameters == params
+        assert est.total == sum(cats.values()) + sum(o.bytes for o in est.overheads)
+        if precision in ("fp16", "bf16"):
+            assert cats[C.WEIGHTS] >= 2 * params
+        elif params > 1e9:
+            assert cats[C.WEIGHTS] < params  # under a byte per parameter
+        else:
+            assert cats[C.WEIGHTS] < 2 * params  # GPT-2: the fp16 embeddings dominate
+        if mode == "train":
+            assert cats[C.GRADIENTS] == 2 * params
+            assert cats[C.OPTIMIZER] == 8 * params  # bf16 m, v + fp32 master weights
+        if mode == "inference":
+            assert cats[C.GRADIENTS] == cats[C.OPTIMIZER] == 0
+            assert cats[C.KV_CACHE] > 0

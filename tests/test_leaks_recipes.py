@@ -109,3 +109,47 @@ def test_non_leak_recipe_is_not_flagged(name: str, steps: int) -> None:
     assert mem.leaks() == []
     assert len(mem.steps) == steps
     assert [w for w in caught if "memory leak" in str(w.message)] == []
+
+
+def test_leak_alert_reaches_the_session_stream(tmp_path: Path) -> None:
+    import json
+
+    import torch
+    from torch import nn
+
+    from profiler.tracker import track_memory
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x, y = torch.randn(256, 64), torch.randn(256, 256)
+    outputs = []
+    warns = pytest.warns(UserWarning, match="memory leak")
+    with warns, track_memory(model, optimizer, home=tmp_path, name="leaky") as mem:
+        for _ in range(9):
+            out = model(x)
+            nn.functional.mse_loss(out, y).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            outputs.append(out)  # STREAMED LEAK
+    (leak,) = mem.leaks()
+    (events_file,) = tmp_path.glob("sessions/*/events.jsonl")
+    events = [json.loads(line) for line in events_file.read_text().splitlines()]
+    kinds = [(e["step"], e["kind"]) for e in events if e["kind"] in ("leak", "leak_hunt")]
+    # the hunt is announced when it starts (step 5), the leak at the hunt's end (step 7)
+    assert kinds == [(5, "leak_hunt"), (7, "leak")]
+    (alert,) = [e for e in events if e["kind"] == "leak"]
+    assert alert["message"] == leak.describe()
+    assert alert["data"]["site"] == leak.site
+    assert leak.site is not None and leak.site.endswith(f":{_line_of('# STREAMED LEAK')}")
+    assert alert["data"]["pattern"] == "graph_kept"
+    # each step's 256 x 256 float32 output (backward freed the rest of its graph)
+    assert leak.bytes_per_step == 256 * 256 * 4
+    assert alert["data"]["bytes_per_step"] == leak.bytes_per_step
+    assert alert["data"]["evidence"]["holder"]["name"] == "outputs"
+
+
+def _line_of(marker: str) -> int:
+    lines = Path(__file__).read_text().splitlines()
+    (line,) = [i + 1 for i, text in enumerate(lines) if text.rstrip().endswith(marker)]
+    return line

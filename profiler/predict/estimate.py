@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from profiler.errors import ConfigError, UsageError
+from profiler.errors import UnknownNameError, UsageError
 from profiler.predict.formats import WeightFormat, find_format
 from profiler.predict.formulas import (
     adafactor_state_bytes,
@@ -206,10 +206,8 @@ def _dense_bytes(dtype_name: str) -> int:
     return {"fp32": 4, "fp16": 2, "bf16": 2}[dtype_name]
 
 
-def _default_precision(mode: str, shape: ModelShape | None) -> str:
-    if mode == "qlora":
-        return "nf4"
-    return "fp16"
+def _default_precision(mode: str) -> str:
+    return "nf4" if mode == "qlora" else "fp16"
 
 
 def estimate(
@@ -258,16 +256,10 @@ def estimate(
         ConfigError: a malformed or incomplete config.
     """
     if mode not in MODES:
-        from profiler.errors import UnknownNameError
-
         raise UnknownNameError("mode", str(mode), list(MODES))
     if optimizer not in OPTIMIZERS:
-        from profiler.errors import UnknownNameError
-
         raise UnknownNameError("optimizer", str(optimizer), list(OPTIMIZERS))
     if attention not in ATTENTIONS:
-        from profiler.errors import UnknownNameError
-
         raise UnknownNameError("attention implementation", str(attention), list(ATTENTIONS))
     batch = _positive("batch", batch)
     lora_rank = _positive("lora rank", lora_rank)
@@ -280,7 +272,7 @@ def estimate(
             2048 if shape is None or shape.max_positions is None else min(2048, shape.max_positions)
         )
     seq = _positive("seq", seq)
-    fmt = find_format(precision or _default_precision(mode, shape))
+    fmt = find_format(precision or _default_precision(mode))
     _check_combination(mode, fmt, precision)
     spec = (find_gpu(gpu) if isinstance(gpu, str) else gpu) if gpu is not None else None
 
@@ -461,11 +453,3 @@ def _check_combination(mode: str, fmt: WeightFormat, asked: str | None) -> None:
     if mode in ("train", "lora") and fmt.kind != "dense":
         hint = "use --mode qlora for 4-bit weights" if fmt.bits <= 4 else "use fp16 or bf16"
         raise UsageError(f"{mode} cannot update {fmt.name} weights", hint=hint)
-
-
-def with_overrides(est: Estimate, **changes: Any) -> Estimate:
-    """A copy of ``est`` with some fields replaced (for callers that tweak a result)."""
-    return replace(est, **changes)
-
-
-_ = ConfigError  # re-exported for callers that catch estimate errors by type

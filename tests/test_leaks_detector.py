@@ -436,3 +436,38 @@ def test_find_holders_names_a_module_attribute() -> None:
     attribute = [h for h in found if h.kind == "attribute"]
     assert [(h.name, h.module_owner, h.graph) for h in attribute] == [("Net.seen", True, True)]
     assert attribute[0].site == f"{__file__}:{_marker_line(Net.forward, '# ATTR')}"
+
+
+def test_leak_that_starts_late_is_flagged_five_steps_in(user_file: Path) -> None:
+    tracker = FakeTracker(mode="exact")
+    detector = LeakDetector(tracker, scan_objects=False)
+    site = f"{user_file}:4"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for step in range(60):
+            leaked = max(0, step - 49)  # steady for 50 steps, then 1 MiB a step
+            if leaked:
+                tracker.ledger.storages.append(storage(step, site))
+            detector.on_step(record(step, 3 * MiB + leaked * MiB))
+            if detector.leaks:
+                break
+    # growth from step 50: the window 46-51 (3, 3, 3, 3, 4, 5 MiB) has tau 0.6 and a rising
+    # recent slope, so the hunt starts at step 51 and covers 52-54, when the window is all rise
+    assert tracker.hunt_calls == [4]
+    (leak,) = detector.leaks
+    assert (leak.step, leak.bytes_per_step, leak.site) == (54, MiB, site)
+    assert leak.evidence.hunt_steps == (52, 53, 54)
+    assert leak.evidence.growth.first_step == 49
+
+
+def test_hunt_still_running_at_close_is_finished(user_file: Path) -> None:
+    tracker = FakeTracker(mode="exact")
+    detector = LeakDetector(tracker, test=GrowthTest(window=5), scan_objects=False)
+    site = f"{user_file}:4"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_leak(tracker, detector, site, 7)  # hunt 5-7 started at step 4; the block ends at 6
+        assert detector.leaks == []
+        detector.on_close(tracker, None)
+    (leak,) = detector.leaks
+    assert (leak.step, leak.site, leak.evidence.hunt_steps) == (6, site, (5, 6))

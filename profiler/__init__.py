@@ -26,42 +26,67 @@ from profiler.records import CATEGORIES, Category, Event, EventKind, Phase, Samp
 from profiler.tracker import MemoryTracker, track_memory
 from profiler.units import format_bytes, parse_bytes
 
+#: Public names loaded on first use, so that ``import profiler`` stays light (no pandas).
+_LAZY = {
+    "estimate": "profiler.predict",
+    "dry_run": "profiler.predict",
+    "Estimate": "profiler.predict",
+    "DryRun": "profiler.predict",
+    "GpuSpec": "profiler.predict",
+    "find_gpu": "profiler.predict",
+    "Leak": "profiler.leaks",
+    "LeakPattern": "profiler.leaks",
+    "Suggestion": "profiler.advice",
+    "load_report": "profiler.oom",
+    "OomReport": "profiler.report.model",
+    "Waterfall": "profiler.waterfall",
+    "SessionReader": "profiler.sessions",
+}
+
 __all__ = [
     "CATEGORIES",
     "BackendUnavailable",
     "Category",
     "ConfigError",
+    "DryRun",
     "DryRunError",
+    "Estimate",
     "Event",
     "EventKind",
+    "GpuSpec",
     "GpumemError",
+    "Leak",
+    "LeakPattern",
     "LiveStorage",
     "MemoryTracker",
+    "OomReport",
     "Phase",
     "Sample",
+    "SessionReader",
     "SimulatedOutOfMemoryError",
     "StepRecord",
     "StreamError",
+    "Suggestion",
     "TrackingError",
     "UnknownNameError",
     "UsageError",
+    "Waterfall",
     "dry_run",
     "estimate",
+    "find_gpu",
     "format_bytes",
+    "load_report",
     "parse_bytes",
     "track_memory",
 ]
 
 
-def estimate(*args: Any, **kwargs: Any) -> Any:
-    """What a model needs per category in a precision and mode (see :mod:`profiler.predict`)."""
-    from profiler.predict import estimate as _estimate
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'profiler' has no attribute {name!r}")
+    import importlib
 
-    return _estimate(*args, **kwargs)
-
-
-def dry_run(*args: Any, **kwargs: Any) -> Any:
-    """Measure a build + step on fake tensors, without allocating (see :mod:`profiler.predict`)."""
-    from profiler.predict import dry_run as _dry_run
-
-    return _dry_run(*args, **kwargs)
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value

@@ -87,6 +87,9 @@ Tensor = torch.Tensor
 # total above the starting one during its forward and its backward; the total when it started.
 _CALLS, _OWN, _OWN_MAX, _INCL, _INCL_MAX, _FWD_PEAK, _BWD_PEAK, _BASE = range(8)
 _STATS_LEN = 8
+#: Fast mode reads its counter at every module boundary only when a read costs less than this
+#: (CUDA's always qualifies; glibc's mallinfo2 walks the heap and can take 30 us in a big process).
+_MODULE_READ_BUDGET = 5e-6
 _PHASE_CODES = {Phase.IDLE: 0, Phase.FORWARD: 1, Phase.BACKWARD: 2, Phase.OPTIMIZER: 3}
 
 
@@ -346,7 +349,10 @@ class MemoryTracker:
         self._names: dict[int, str] = {}
         self._module_stats: dict[str, list[int]] = {}
         self._kv_refs: list[weakref.ref[Any]] = []
+        self._oom_observer: Any = None
         self._hooked_params: set[int] = set()
+        self._grad_params: list[weakref.ref[torch.Tensor]] = []
+        self._module_frames = True  # per-module peaks (off in fast mode with a slow counter)
         self._hunt_steps_left = 0
         self._backward_callback_queued = False
         self._thread = threading.get_ident()
@@ -379,6 +385,9 @@ class MemoryTracker:
         self.events = []
         self._module_stats = {}
         self._step = 0
+        self.failure = None
+        self.oom_report = None
+        self._oom_observer = None
         self.start_time = time.time()
         self._step_start = time.perf_counter()
         self._active = True
@@ -386,6 +395,7 @@ class MemoryTracker:
             self._name_modules(model)
             self._register_known()
             self._install()
+            self._attach_oom_observer()
             self._start_observers()
             self._emit(Event(time.time(), 0, EventKind.START, f"tracking {self.name}", {}))
             self._sample()
@@ -505,6 +515,7 @@ class MemoryTracker:
             self._read_counter = self._make_counter()
             self._counter_base, peak = self._read_counter()
             self._peak_base = peak or 0
+            self._module_frames = self._on_cuda or self._counter_cost() < _MODULE_READ_BUDGET
             self._other_base = max(self._counter_base - self._known_base, 0)
             self._fast_offset = self._known_base + self._other_base - self._counter_base
 
@@ -533,6 +544,15 @@ class MemoryTracker:
                     # Steady state: every state tensor is known already; one lookup each.
                     if (entry is None or entry.cat != OPTIMIZER) and self._is_wanted(value):
                         ledger.claim(value, OPTIMIZER)
+
+    def _counter_cost(self) -> float:
+        """Seconds one counter read takes here (glibc's walks every arena: slow on big heaps)."""
+        counter = self._read_counter
+        assert counter is not None
+        start = time.perf_counter()
+        for _ in range(8):
+            counter()
+        return (time.perf_counter() - start) / 8
 
     def _make_counter(self) -> Callable[[], tuple[int, int | None]]:
         """The allocator counter fast mode reads at boundaries: (current, peak or None)."""
@@ -580,10 +600,14 @@ class MemoryTracker:
             )
             for param in model.parameters():
                 if param.requires_grad:
-                    self._handles.append(
-                        param.register_post_accumulate_grad_hook(self._grad_accumulated)
-                    )
+                    # Fast mode claims gradients once, at the backward's end (one scan instead
+                    # of a Python call per parameter); exact mode as each one lands.
+                    if self.mode == "exact":
+                        self._handles.append(
+                            param.register_post_accumulate_grad_hook(self._grad_accumulated)
+                        )
                     self._hooked_params.add(id(param))
+                    self._grad_params.append(weakref.ref(param))
         if self.mode == "exact":
             self._start_exact()
 
@@ -614,8 +638,12 @@ class MemoryTracker:
                 self._fail("saved tensor hooks exit", error)
 
     def _uninstall(self) -> None:
+        if self._oom_observer is not None:
+            with contextlib.suppress(Exception):
+                self._oom_observer.detach()
         self._stop_exact()
         self._hooked_params.clear()
+        self._grad_params.clear()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -669,12 +697,14 @@ class MemoryTracker:
             stack.append(name)
             ledger = self.ledger
             ledger.module = name
-            total = self._fast_read() if self._fast else ledger.total
-            ledger.frames.append(total)
             stats = self._module_stats.get(name)
             if stats is None:
                 stats = self._module_stats[name] = [0] * _STATS_LEN
             stats[_CALLS] += 1
+            if not self._module_frames:
+                return
+            total = self._fast_read() if self._fast else ledger.total
+            ledger.frames.append(total)
             stats[_BASE] = total
             if self.mode == "exact" and torch.is_grad_enabled():
                 self._hook_inputs(name, args)
@@ -690,10 +720,10 @@ class MemoryTracker:
                 return
             name = stack.pop()
             ledger = self.ledger
-            total = self._fast_read() if self._fast else ledger.total
-            peak = ledger.pop_frame() if ledger.frames else 0
-            stats = self._module_stats.get(name)
+            stats = self._module_stats.get(name) if self._module_frames else None
             if stats is not None:
+                total = self._fast_read() if self._fast else ledger.total
+                peak = ledger.pop_frame() if ledger.frames else 0
                 base = stats[_BASE]
                 if peak - base > stats[_FWD_PEAK]:
                     stats[_FWD_PEAK] = peak - base
@@ -719,6 +749,9 @@ class MemoryTracker:
 
     def _root_post(self, module: torch.nn.Module, args: Any, kwargs: dict, output: Any) -> None:
         try:
+            if self.mode == "fast" and not self._exact_on and torch.is_grad_enabled():
+                # fast mode's one backward hook: the root output's gradient starts the backward
+                self._hook_outputs(self._module_name(module), output)
             for cache in find_caches(output):
                 self.mark_kv_cache(cache)
             self._scan_kv_caches()
@@ -819,6 +852,8 @@ class MemoryTracker:
     def _backward_done(self) -> None:
         try:
             self._backward_callback_queued = False
+            if self.mode == "fast":
+                self._claim_model_grads()
             while self._backward_stack:
                 self._close_backward_frame(self._backward_stack.pop())
             self.ledger.module = None
@@ -827,6 +862,14 @@ class MemoryTracker:
                 self._set_phase(Phase.IDLE)
         except Exception as error:
             self._fail("backward end", error)
+
+    def _claim_model_grads(self) -> None:
+        ledger = self.ledger
+        for ref in self._grad_params:
+            param = ref()
+            grad = param.grad if param is not None else None
+            if grad is not None and self._is_wanted(grad):
+                ledger.claim(grad, GRADIENTS)
 
     def _grad_accumulated(self, param: torch.Tensor) -> None:
         if "gradient hooks" in self._disabled:
@@ -1022,6 +1065,8 @@ class MemoryTracker:
         )
         self._fold_step_modules()
         self._remove_tensor_handles()
+        if self._oom_observer is not None and not self._oom_observer.attached:
+            self._attach_oom_observer()
         self._step += 1
         ledger.step = self._step
         self._step_start = now
@@ -1163,6 +1208,42 @@ class MemoryTracker:
 
     # ================================================================== OOM
 
+    def _attach_oom_observer(self) -> None:
+        """Hear real CUDA OOMs from the allocator itself, even ones the program swallows."""
+        if not self._on_cuda or "cuda oom observer" in self._disabled:
+            return
+        from profiler.backends import cuda
+        from profiler.errors import BackendUnavailable
+
+        try:
+            if self._oom_observer is None:
+                self._oom_observer = cuda.OomObserver(self._on_cuda_oom, snapshot=True)
+            self._oom_observer.attach()  # False until CUDA is initialised: tried again per step
+        except BackendUnavailable:
+            self._disabled.add("cuda oom observer")
+            self._oom_observer = None
+        except Exception as error:
+            self._fail("cuda oom observer", error)
+            self._oom_observer = None
+
+    def _on_cuda_oom(self, notice: Any) -> None:
+        """Allocator callback at a real CUDA OOM: record the failure (runs inside the allocator)."""
+        try:
+            self.failure = {
+                "requested": notice.requested,
+                "total": self.ledger.total if self.mode == "exact" else self._last_total(),
+                "capacity": notice.device_total,
+                "free": notice.device_free,
+                "phase": str(self._phase),
+                "step": self._step,
+                "module": self._module_stack[-1] if self._module_stack else self.ledger.module,
+                "time": time.time(),
+                "simulated": False,
+                "live": self.ledger.live_storages()[:50],
+            }
+        except Exception as error:  # never raise inside the allocator
+            self._fail("cuda oom observer", error)
+
     def _on_overflow(self, requested: int, total: int) -> None:
         capacity = self.capacity or 0
         self.failure = {
@@ -1175,12 +1256,16 @@ class MemoryTracker:
             "module": self.ledger.module,
             "time": time.time(),
             "simulated": True,
+            "live": self.ledger.live_storages()[:50],
         }
         self._sample()
 
     def _handle_oom(self, exc: BaseException) -> None:
         if self.failure is None:
             self.failure = _parse_cuda_oom(str(exc), self)
+        observer = self._oom_observer
+        if observer is not None and observer.snapshots and observer.snapshots[-1] is not None:
+            self.failure.setdefault("snapshot", observer.snapshots[-1])
         try:
             from profiler.oom import handle_oom
         except ImportError:
@@ -1314,11 +1399,15 @@ class MemoryTracker:
         names = list(self._module_stats)
         stats = [self._module_stats[n] for n in names]
         exact = self.mode == "exact"
+        measured = self._module_frames
+        nan = math.nan
         frame = pd.DataFrame(
             {
-                "activations": [max(s[_OWN], s[_OWN_MAX]) for s in stats],
-                "activations_inclusive": [max(s[_INCL], s[_INCL_MAX]) for s in stats],
-                "forward_peak": [s[_FWD_PEAK] for s in stats],
+                "activations": [max(s[_OWN], s[_OWN_MAX]) if measured else nan for s in stats],
+                "activations_inclusive": [
+                    max(s[_INCL], s[_INCL_MAX]) if measured else nan for s in stats
+                ],
+                "forward_peak": [s[_FWD_PEAK] if measured else nan for s in stats],
                 "backward_peak": [float(s[_BWD_PEAK]) if exact else math.nan for s in stats],
                 "calls": [s[_CALLS] for s in stats],
             },

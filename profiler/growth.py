@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from profiler.errors import UsageError
 from profiler.units import KiB
 
 __all__ = [
@@ -96,7 +97,11 @@ class GrowthEstimate:
 
 
 class GrowthTest:
-    """The thresholds of the growth test; :meth:`estimate` applies them to one window."""
+    """The thresholds of the growth test; :meth:`estimate` applies them to one window.
+
+    Raises:
+        UsageError: thresholds that cannot make a test (a window under 3 points, ...).
+    """
 
     __slots__ = ("min_bytes_per_step", "min_points", "min_tau", "recent", "warmup", "window")
 
@@ -111,7 +116,10 @@ class GrowthTest:
         min_points: int = 3,
     ) -> None:
         if window < 3 or recent < 2 or min_points < 2 or recent > window:
-            raise ValueError("window >= 3, 2 <= recent <= window and min_points >= 2 are needed")
+            raise UsageError(
+                f"bad growth test: window={window}, recent={recent}, min_points={min_points}",
+                hint="use window >= 3, 2 <= recent <= window and min_points >= 2",
+            )
         self.window = window
         self.warmup = warmup
         self.min_bytes_per_step = min_bytes_per_step

@@ -218,7 +218,7 @@ class Leak:
 
     def describe(self) -> str:
         """One line for a warning or the stream: what, how fast, where, and the fix."""
-        where = self.site or "an unknown line"
+        where = _display_site(self.site) or "an unknown line"
         if self.source:
             where += f" `{self.source}`"
         text = (
@@ -253,6 +253,21 @@ class Leak:
 
 
 # ====================================================================== sources and sites
+
+
+def _display_site(site: str | None) -> str | None:
+    """``site`` with its path relative to the working directory when it lies inside it."""
+    if not site:
+        return site
+    filename, _, line = site.rpartition(":")
+    if os.path.isabs(filename):
+        try:
+            relative = os.path.relpath(filename)
+        except ValueError:  # another drive on Windows
+            return site
+        if not relative.startswith(os.pardir):
+            return f"{relative}:{line}"
+    return site
 
 
 def _source_of(site: str | None) -> str | None:
@@ -1195,7 +1210,7 @@ class LeakDetector:
                             record.step,
                             EventKind.LEAK,
                             f"leak cleared: {leak.category} stopped growing "
-                            f"(held at {leak.site or 'an unknown line'})",
+                            f"(held at {_display_site(leak.site) or 'an unknown line'})",
                             {**leak.as_dict(), "cleared": True},
                         )
                     )

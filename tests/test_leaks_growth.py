@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from profiler.errors import UsageError
 from profiler.growth import GrowthSeries, GrowthTest, mann_kendall_tau, theil_sen_slope
 from profiler.units import KiB, MiB
 
@@ -115,7 +116,7 @@ def test_growing_lists_fastest_first_and_skips_flat_series() -> None:
 
 
 def test_invalid_thresholds_are_refused() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError):
         GrowthTest(window=2)
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError):
         GrowthTest(window=4, recent=5)

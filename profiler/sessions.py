@@ -71,8 +71,16 @@ def _str_or_none(value: Any) -> str | None:
 def _bytes_tuple(value: Any) -> tuple[int, ...]:
     """Per-category bytes from ``{"weights": n, ...}`` in :data:`CATEGORIES` order (missing: 0)."""
     if not isinstance(value, Mapping):
-        return (0,) * len(_CATEGORY_NAMES)
-    return tuple(_int_or_none(value.get(name)) or 0 for name in _CATEGORY_NAMES)
+        return _ZEROS
+    get = value.get
+    values = tuple([get(name, 0) for name in _CATEGORY_NAMES])
+    for item in values:
+        if type(item) is not int:  # rare: a float, a string, null; clean one by one
+            return tuple(_int_or_none(v) or 0 for v in values)
+    return values
+
+
+_ZEROS = (0,) * len(_CATEGORY_NAMES)
 
 
 @dataclass(frozen=True, slots=True)

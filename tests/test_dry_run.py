@@ -143,3 +143,34 @@ def test_bad_arguments() -> None:
         dry_run(lambda: 42, lambda m, o: None)
     with pytest.raises(DryRunError, match="build"):
         dry_run(lambda: 1 / 0, lambda m, o: None)
+
+
+def test_cuda_target_takes_the_foreach_optimizer_path() -> None:
+    config = transformers.LlamaConfig(
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=1000,
+        max_position_embeddings=128,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+
+    def build():
+        model = transformers.LlamaForCausalLM(config)
+        return model, torch.optim.AdamW(model.parameters())
+
+    def step(model, opt):
+        ids = torch.randint(0, 1000, (1, 16))
+        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    params = sum(p.numel() for p in transformers.LlamaForCausalLM(config).parameters()) * 4
+    cuda = dry_run(build, step, device="cuda", rounding=1).peak_bytes
+    cpu = dry_run(build, step, device="cpu").peak_bytes
+    # weights + gradients + two Adam moments + foreach's sqrt scratch, one parameter-size each
+    assert abs(cuda - 5 * params) < 0.001 * params
+    assert cpu < 4.5 * params  # the per-parameter loop's scratch is one tensor at a time

@@ -17,6 +17,10 @@ Known fake-mode pitfalls, and what happens to each:
 * ``copy.deepcopy`` in a constructor (``nn.TransformerEncoder``) gives the copies another fake
   mode ("Mixing fake modes NYI"); after ``build()`` every parameter and buffer from another mode,
   or a real one, is re-created in the dry run's mode.
+* Optimizers left on their default implementation take the multi-tensor (foreach) path, as
+  they would on CUDA (on CPU tensors torch would pick the per-parameter loop, whose scratch is
+  far smaller); only for accelerator targets. Optimizers created inside ``step`` keep the CPU
+  default.
 * Ops that need real values (``.item()``, ``.tolist()``, printing a tensor, boolean-mask
   indexing, data-dependent shapes) cannot run on fake tensors: they raise
   :class:`~profiler.errors.DryRunError` naming the problem.
@@ -165,6 +169,18 @@ def _adopt(module: torch.nn.Module, mode: Any) -> dict[int, Any]:
                 memo[id(buf)] = fresh(buf)
             sub._buffers[name] = memo[id(buf)]
     return memo
+
+
+def _like_cuda(optimizer: torch.optim.Optimizer) -> None:
+    """Pick the multi-tensor (foreach) path that torch picks by default for CUDA parameters.
+
+    On CPU tensors torch defaults to the per-parameter loop, whose scratch is one parameter's
+    size; on CUDA it defaults to foreach, whose ``_foreach_sqrt`` scratch is as large as all the
+    parameters' state together. Without this a CUDA dry run would miss that peak.
+    """
+    for group in optimizer.param_groups:
+        if "foreach" in group and group["foreach"] is None and not group.get("fused"):
+            group["foreach"] = True
 
 
 def _explain(exc: BaseException, where: str) -> DryRunError:
@@ -318,6 +334,8 @@ def dry_run(
                     )
                 for group in optimizer.param_groups:
                     group["params"] = [replaced.get(id(p), p) for p in group["params"]]
+            if optimizer is not None and target in _ACCELERATORS:
+                _like_cuda(optimizer)
             tracker = track_memory(
                 model,
                 optimizer,

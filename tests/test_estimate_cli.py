@@ -119,6 +119,9 @@ def _one_line_error(capsys, *argv: str) -> str:
         (("llama-2-7b", "--gpu", "rtx9090"), "unknown GPU"),
         (("llama-2-7b", "--optimizer", "adam2"), "unknown optimizer"),
         ((), "needs a MODEL"),
+        (("llama-2-7b", "--mode", "train", "--optimizer-dtype", "fp13"), "optimizer dtype"),
+        (("llama-2-7b", "--lora-rank", "0", "--mode", "lora"), "lora rank must be positive"),
+        (("llama-2-7b", "--attention", "paged"), "attention implementation"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, argv: tuple[str, ...], fragment: str) -> None:

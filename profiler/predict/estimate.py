@@ -202,8 +202,15 @@ def _format_count(count: int) -> str:
     return f"{count} parameters"
 
 
-def _dense_bytes(dtype_name: str) -> int:
-    return {"fp32": 4, "fp16": 2, "bf16": 2}[dtype_name]
+def _dense_bytes(dtype_name: str, what: str = "dtype") -> int:
+    """Bytes per element of a dense dtype name (fp32, fp16, bf16 and their aliases)."""
+    try:
+        fmt = find_format(dtype_name)
+    except UnknownNameError:
+        fmt = None
+    if fmt is None or fmt.kind != "dense":
+        raise UnknownNameError(what, str(dtype_name), ["fp32", "fp16", "bf16"])
+    return int(fmt.bytes_per_param)
 
 
 def _default_precision(mode: str) -> str:
@@ -294,14 +301,20 @@ def estimate(
 
     # gradients and optimizer
     trainable = 0
+    stepped = 4  # bytes per element of the tensors the optimizer updates (its scratch)
     if mode == "train":
         trainable = total_params
         values[Category.GRADIENTS] = trainable * act_bytes
         master = fmt.name != "fp32" if master_weights is None else master_weights
-        state = _dense_bytes(optimizer_dtype) if optimizer_dtype else _dense_bytes(compute)
+        state = (
+            _dense_bytes(optimizer_dtype, "optimizer dtype")
+            if optimizer_dtype
+            else _dense_bytes(compute)
+        )
         values[Category.OPTIMIZER] = _optimizer_bytes(optimizer, shape, trainable, state) + (
             trainable * 4 if master else 0
         )
+        stepped = 4 if master else state
     elif mode in ("lora", "qlora"):
         if shape is None:
             raise UsageError(
@@ -311,7 +324,7 @@ def estimate(
         trainable = lora_parameter_count(shape, lora_rank, lora_targets)
         values[Category.WEIGHTS] += trainable * 4  # adapters kept in fp32
         values[Category.GRADIENTS] = trainable * 4
-        state = _dense_bytes(optimizer_dtype) if optimizer_dtype else 4
+        state = _dense_bytes(optimizer_dtype, "optimizer dtype") if optimizer_dtype else 4
         values[Category.OPTIMIZER] = _optimizer_bytes(optimizer, None, trainable, state)
         notes.append(
             f"LoRA rank {lora_rank} on {lora_targets} ({trainable:,} fp32 adapter parameters)"
@@ -338,14 +351,14 @@ def estimate(
                 shape.num_layers * per_layer * batch * seq * lora_rank * act_bytes
             )
         values[Category.TEMPORARIES] = _training_temporaries(
-            shape, fmt, optimizer, trainable, state, batch, seq, values[Category.ACTIVATIONS]
+            shape, fmt, optimizer, trainable, stepped, batch, seq, values[Category.ACTIVATIONS]
         )
         if gradient_checkpointing:
             values[Category.TEMPORARIES] += checkpoint_recompute_bytes(
                 shape, batch=batch, seq=seq, act_bytes=act_bytes, attention=attention
             )
     else:
-        kv_bytes = _dense_bytes(kv_cache_dtype) if kv_cache_dtype else act_bytes
+        kv_bytes = _dense_bytes(kv_cache_dtype, "KV cache dtype") if kv_cache_dtype else act_bytes
         values[Category.KV_CACHE] = kv_cache_bytes(
             shape, tokens=seq, batch=batch, dtype_bytes=kv_bytes
         )

@@ -435,18 +435,37 @@ def creation_sites(
 
 
 def _user_file(filename: str, excluded: tuple[str, ...]) -> bool:
-    return not filename.startswith(excluded)
+    """Whether ``filename`` is the user's code: not a library's, not the standard library's."""
+    if filename.startswith(excluded):
+        return False
+    stdlib = _STDLIB
+    if filename.startswith(stdlib):
+        # a system Python keeps site-packages inside the standard library's directory
+        return filename.startswith(_SITE_PACKAGES)
+    return True
 
 
 def _excluded() -> tuple[str, ...]:
+    """Directories of torch, transformers, gpumem and the test runner: never the user's code."""
     here = os.path.dirname(os.path.abspath(__file__))
-    prefixes = [os.path.dirname(torch.__file__), here, os.path.dirname(os.__file__)]
+    prefixes = [os.path.dirname(torch.__file__), here]
     for name in ("transformers", "accelerate", "peft", "tui", "_pytest", "pluggy"):
         module = sys.modules.get(name)
         path = getattr(module, "__file__", None) if module is not None else None
         if path:
             prefixes.append(os.path.dirname(path))
     return tuple(p + os.sep for p in prefixes) + ("<",)
+
+
+def _site_packages() -> tuple[str, ...]:
+    import site
+
+    dirs = [*getattr(site, "getsitepackages", list)(), getattr(site, "USER_SITE", None) or ""]
+    return tuple(d + os.sep for d in dirs if d)
+
+
+_STDLIB = os.path.dirname(os.__file__) + os.sep
+_SITE_PACKAGES = _site_packages()
 
 
 def _hook_codes(model: Any) -> set[types.CodeType]:
@@ -672,6 +691,8 @@ def find_holders(
     for item in found.values():
         if item.kind in ("local", "global") and item.container == "Tensor":
             continue  # a variable naming one tensor cannot grow step after step
+        if item.filename is not None and not _user_file(item.filename, excluded):
+            continue  # torch's or a library's own bookkeeping (prefetch queues, caches' layers)
 
         site = None
         if item.filename:
@@ -1034,6 +1055,7 @@ class LeakDetector:
                     frame=sys._getframe(1),
                 )
                 del survivors
+            self._kv_holders = []
             if any(g.series == Category.KV_CACHE for g in confirmed):
                 caches = getattr(self.tracker, "kv_caches", None)
                 objects = list(caches()) if callable(caches) else []

@@ -193,7 +193,8 @@ def _explain(exc: BaseException, where: str) -> DryRunError:
         return DryRunError(
             f"the {where} reads tensor values, which fake tensors do not have ({name}: {text})",
             hint="drop .item(), .tolist(), printing tensors and boolean-mask indexing from the "
-            "dry-run step (log the loss only in real runs)",
+            "dry-run step (log the loss only in real runs); generate() stops on token values, "
+            "so dry-run its prefill, model(input_ids, use_cache=True), instead",
         )
     if "Mixing fake modes" in text:
         return DryRunError(

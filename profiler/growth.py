@@ -211,9 +211,26 @@ class GrowthSeries:
         return self.test.estimate(name, list(self._steps), list(values))
 
     def growing(self) -> list[GrowthEstimate]:
-        """Every series that passes the growth test now, fastest first."""
+        """Every series that passes the growth test now, fastest first.
+
+        The recent slope (three pairs by default) is checked first: a series that is not rising
+        now is dropped without the full window's O(window²) test.
+        """
+        test = self.test
+        if len(self._steps) < test.min_points:
+            return []
+        steps = list(self._steps)[-test.recent :]
+        floor = test.min_bytes_per_step
+        # with three points or fewer, a last value not above the first means a median slope <= 0
+        shortcut = test.recent <= 3
         found = []
         for name in self.names:
+            values = self._values[name]
+            if shortcut and values[-1] <= values[-min(test.recent, len(values))]:
+                continue
+            recent = list(values)[-test.recent :]
+            if theil_sen_slope(steps, recent) < floor:
+                continue
             est = self.estimate(name)
             if est is not None and est.growing:
                 found.append(est)

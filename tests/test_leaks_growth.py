@@ -120,3 +120,24 @@ def test_invalid_thresholds_are_refused() -> None:
         GrowthTest(window=2)
     with pytest.raises(UsageError):
         GrowthTest(window=4, recent=5)
+
+
+def test_growing_agrees_with_the_full_test_on_random_series() -> None:
+    import random
+
+    rng = random.Random(1)
+    verdicts = set()
+    for recent in (2, 3, 4):
+        test = GrowthTest(window=6, recent=recent)
+        for _ in range(300):
+            series = GrowthSeries(["x"], test)
+            value = 0
+            for step in range(10):
+                value += rng.choice([-MiB, 0, 0, 64 * KiB, MiB, 2 * MiB])
+                series.add(step, [value])
+            est = series.estimate("x")
+            assert est is not None
+            assert [e.series for e in series.growing()] == (["x"] if est.growing else [])
+            verdicts.add((recent, est.growing))
+    # both verdicts occur for every setting, so the shortcut is exercised both ways
+    assert verdicts == {(r, g) for r in (2, 3, 4) for g in (True, False)}

@@ -10,7 +10,12 @@ import torch
 import transformers
 
 from profiler.predict.compare import compare
-from profiler.predict.tracked import optimizer_state_bytes, predict_tracked, round_bytes
+from profiler.predict.tracked import (
+    optimizer_scratch_bytes,
+    optimizer_state_bytes,
+    predict_tracked,
+    round_bytes,
+)
 from profiler.records import Category
 
 transformers.logging.set_verbosity_error()
@@ -80,6 +85,17 @@ def test_adam_layout_in_bytes() -> None:
     # exp_avg + exp_avg_sq like the parameter, and a 0-d float32 step
     assert optimizer_state_bytes(opt) == 2 * 30 * 4 + 4
     assert optimizer_state_bytes(opt, 512) == 3 * 512
+
+
+def test_adam_scratch_foreach_and_loop() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(100, 50), torch.nn.Linear(50, 10))
+    sizes = [5000 * 4, 50 * 4, 500 * 4, 10 * 4]
+    assert optimizer_scratch_bytes(torch.optim.AdamW(model.parameters(), foreach=True)) == sum(
+        sizes
+    )
+    # CPU default: the per-parameter loop, two temporaries of the largest parameter at most
+    assert optimizer_scratch_bytes(torch.optim.AdamW(model.parameters())) == 2 * 5000 * 4
+    assert optimizer_scratch_bytes(torch.optim.SGD(model.parameters(), lr=0.1)) == 0
 
 
 def test_unknown_optimizer_is_none() -> None:
@@ -173,6 +189,9 @@ def test_formula_vs_measured_training_step(kind: str, batch: int, seq: int) -> N
     for category in ("weights", "gradients", "optimizer"):
         assert table.loc[category, "gap"] == 0
         assert table.loc[category, "cause"] == "matches"
+    # logits, the loss's fp32 gradient and the logits' gradient: 3 x T x vocab x 4
+    assert frame.loc["temporaries", "predicted"] == 3 * batch * seq * 1000 * 4
+    assert "optimizer state created in the first step" in table.loc["temporaries", "cause"]
 
 
 def _frame(rows: dict[str, tuple[int, float]]) -> pd.DataFrame:

@@ -46,6 +46,12 @@ def explain_gap(
         and abs(gap - kv_predicted) <= max(_SMALL, 0.1 * kv_predicted)
     ):
         return "the KV cache built during the forward, counted as temporaries until recognised"
+    born = context.get("_optimizer_predicted")
+    if category == "temporaries" and born and 0.5 * born <= gap <= 1.5 * born:
+        return (
+            "likely the optimizer state created in the first step, counted as temporaries "
+            "until that step ended"
+        )
     if abs(gap) <= max(_SMALL, _TOLERANCE * max(predicted, 1)):
         return "matches"
     rounding = int(context.get("rounding") or 1)
@@ -115,9 +121,13 @@ def compare(breakdown: pandas.DataFrame, *, context: dict[str, Any]) -> pandas.D
     import pandas as pd
 
     rows = []
-    kv_predicted = None
-    if "kv_cache" in breakdown.index and "predicted" in breakdown.columns:
-        kv_predicted = _as_int(breakdown.loc["kv_cache"].get("predicted"))
+    kv_predicted = opt_predicted = None
+    if "predicted" in breakdown.columns:
+        if "kv_cache" in breakdown.index:
+            kv_predicted = _as_int(breakdown.loc["kv_cache"].get("predicted"))
+        if "optimizer" in breakdown.index:
+            opt_predicted = _as_int(breakdown.loc["optimizer"].get("predicted"))
+    context = {**context, "_optimizer_predicted": opt_predicted}
     names = [str(c) for c in CATEGORIES] + [
         str(c) for c in breakdown.index if str(c) not in {str(k) for k in CATEGORIES}
     ]

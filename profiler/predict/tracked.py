@@ -40,7 +40,13 @@ import torch
 
 from profiler.records import CATEGORIES, Category
 
-__all__ = ["optimizer_state_bytes", "predict_tracked", "round_bytes", "tensor_bytes"]
+__all__ = [
+    "optimizer_scratch_bytes",
+    "optimizer_state_bytes",
+    "predict_tracked",
+    "round_bytes",
+    "tensor_bytes",
+]
 
 
 def round_bytes(nbytes: int, rounding: int = 1) -> int:
@@ -192,6 +198,34 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer, rounding: int = 1) -
     return total
 
 
+_ADAM_LIKE = ("Adam", "AdamW", "NAdam", "RAdam", "Adamax")
+
+
+def optimizer_scratch_bytes(optimizer: Any, rounding: int = 1) -> int:
+    """Transient bytes an Adam-style step allocates on top of its state, 0 for other classes.
+
+    The multi-tensor (foreach) path, torch's default for CUDA parameters, takes the square root
+    of every second moment at once (``_foreach_sqrt``): one state-sized tensor per parameter.
+    The per-parameter loop (the CPU default) and fused kernels hold at most two
+    parameter-sized temporaries at a time.
+    """
+    if type(optimizer).__name__ not in _ADAM_LIKE:
+        return 0
+    total = 0
+    for group in optimizer.param_groups:
+        params = [p for p in group["params"] if p.requires_grad]
+        if not params:
+            continue
+        foreach = group.get("foreach")
+        if foreach is None:
+            foreach = not group.get("fused") and all(p.device.type == "cuda" for p in params)
+        if foreach and not group.get("fused"):
+            total += sum(tensor_bytes(p, rounding) for p in params)
+        else:
+            total = max(total, 2 * max(tensor_bytes(p, rounding) for p in params))
+    return total
+
+
 def _activation_prediction(
     model: Any,
     *,
@@ -234,6 +268,28 @@ def _activation_prediction(
             rounding=rounding,
         )
     return acts, kv
+
+
+def _training_transients(
+    model: Any,
+    optimizer: Any,
+    batch: int | None,
+    seq: int | None,
+    autocast_dtype: torch.dtype | None,
+    rounding: int,
+) -> int | None:
+    """The largest transient of a training step: the logits and their gradients, or the
+    optimizer's scratch, whichever is larger."""
+    from profiler.predict.modelshape import shape_from_module
+
+    scratch = optimizer_scratch_bytes(optimizer, rounding) if optimizer is not None else 0
+    shape = shape_from_module(model)
+    if shape is None or batch is None or seq is None:
+        return scratch if optimizer is not None else None
+    a = _itemsize(autocast_dtype or _module_dtype(model))
+    logits = batch * seq * shape.vocab_size
+    parts = [logits * a, logits * 4, logits * 4] + ([logits * 4] if a != 4 else [])
+    return max(sum(round_bytes(n, rounding) for n in parts), scratch)
 
 
 def _module_dtype(model: Any) -> torch.dtype:
@@ -280,9 +336,10 @@ def predict_tracked(
 
     Returns:
         A dict with every category; a value is None where no prediction can be made.
-        ``other`` is always None. ``temporaries`` is None after training (no formula predicts
-        the transient peak of a step); for inference it holds the prefill's working set, which
-        the ledger counts as temporaries because nothing is saved for backward.
+        ``other`` is always None. After training, ``temporaries`` is the largest transient of
+        a step (the logits with their fp32 gradients at the start of backward, or the Adam
+        scratch); for inference it holds the prefill's working set, which the ledger counts as
+        temporaries because nothing is saved for backward.
     """
     result: dict[Category, int | None] = dict.fromkeys(CATEGORIES)
     if model is not None:
@@ -312,6 +369,10 @@ def predict_tracked(
             )
             if training or acts is None:
                 result[Category.ACTIVATIONS] = acts
+                if training:
+                    result[Category.TEMPORARIES] = _training_transients(
+                        model, optimizer, batch, seq, autocast_dtype, rounding
+                    )
             else:
                 # Under no_grad nothing is saved for backward: the ledger counts the prefill's
                 # working set as temporaries.

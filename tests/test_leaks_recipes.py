@@ -14,6 +14,7 @@ import pytest
 from profiler.leaks import LeakPattern
 from profiler.records import Category
 
+EITHER = {Category.ACTIVATIONS, Category.TEMPORARIES}
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "leaks"
 
 
@@ -42,27 +43,32 @@ def same_site(site: str | None, name: str) -> bool:
     ("name", "pattern", "category", "bytes_per_step"),
     [
         # the validation graph: 256x256 input kept + 256x512 + 256x256 ReLU outputs, float32
-        ("graph_kept", LeakPattern.GRAPH_KEPT, Category.ACTIVATIONS, None),
+        # the validation graph is never run backward: its saved tensors stay activations
+        ("graph_kept", LeakPattern.GRAPH_KEPT, {Category.ACTIVATIONS}, None),
         (
             "accumulating_tensors",
             LeakPattern.ACCUMULATING_TENSORS,
-            Category.ACTIVATIONS,
+            EITHER,
             256 * 256 * 4,
         ),
-        ("hook_closure", LeakPattern.HOOK_CLOSURE, Category.ACTIVATIONS, 256 * 512 * 4),
-        ("module_attribute", LeakPattern.MODULE_ATTRIBUTE, Category.ACTIVATIONS, 256 * 512 * 4),
+        ("hook_closure", LeakPattern.HOOK_CLOSURE, EITHER, 256 * 512 * 4),
+        ("module_attribute", LeakPattern.MODULE_ATTRIBUTE, EITHER, 256 * 512 * 4),
         # 2 layers x (keys + values) x batch 4 x 32 tokens x 128 features, float32
         (
             "kv_cache_not_reset",
             LeakPattern.KV_CACHE_NOT_RESET,
-            Category.KV_CACHE,
+            {Category.KV_CACHE},
             2 * 2 * 4 * 32 * 128 * 4,
         ),
     ],
 )
 @pytest.mark.parametrize("mode", ["exact", "fast"])
 def test_leak_recipe_is_flagged_within_ten_steps_at_its_line(
-    name: str, pattern: LeakPattern, category: Category, bytes_per_step: int | None, mode: str
+    name: str,
+    pattern: LeakPattern,
+    category: set[Category],
+    bytes_per_step: int | None,
+    mode: str,
 ) -> None:
     recipe = load(name)
     with pytest.warns(UserWarning, match="memory leak"):
@@ -74,7 +80,10 @@ def test_leak_recipe_is_flagged_within_ten_steps_at_its_line(
     assert same_site(leak.site, name), leak.site
     assert leak.source is not None and leak.source.endswith("# LEAK")
     assert leak.pattern == pattern
-    assert leak.category == category
+    # a kept output is an activation while its graph saves it and a temporary once backward has
+    # freed that graph: the ledger decides, the leak follows the storages' category
+    assert leak.category in category
+    assert leak.category == leak.evidence.creation_sites[0].category
     assert leak.step <= 9
     if bytes_per_step is not None:
         assert leak.bytes_per_step == bytes_per_step

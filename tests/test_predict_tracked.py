@@ -268,3 +268,24 @@ def test_checkpointing_and_inference_predictions_llama() -> None:
     assert frame.loc["temporaries", "predicted"] == tokens * 64 * 4 + tokens * 1000 * 4
     assert frame.loc["temporaries", "peak"] == frame.loc["temporaries", "predicted"] + 65_536
     assert "KV cache" in mem.compare().loc["temporaries", "cause"]
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_autocast_weight_cache_is_predicted(kind: str) -> None:
+    from profiler.tracker import track_memory
+
+    model = _tiny(kind)
+    opt = torch.optim.AdamW(model.parameters())
+    ids = torch.randint(0, 1000, (2, 32))
+    with track_memory(model, opt, mode="exact", stream=False) as mem:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        opt.step()
+        mem.step()
+    frame = mem.breakdown()
+    params = sum(p.numel() for p in model.parameters())
+    # fp32 parameters plus one bf16 copy of every matmul weight and bias (lm_head included)
+    matmul = {"gpt2": 2 * 49_728 + 64_000, "llama": 2 * 36_864 + 64_000}[kind]
+    assert frame.loc["weights", "predicted"] == params * 4 + matmul * 2
+    assert frame.loc["weights", "peak"] == frame.loc["weights", "predicted"]

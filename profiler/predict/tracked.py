@@ -292,6 +292,31 @@ def _training_transients(
     return max(sum(round_bytes(n, rounding) for n in parts), scratch)
 
 
+def _autocast_cache_bytes(model: Any, dtype: torch.dtype | None, rounding: int) -> int:
+    """Autocast's cached low-precision copies of the weights its matmuls use.
+
+    Inside ``torch.autocast`` every weight and bias of a matmul or convolution module
+    (``nn.Linear``, ``nn.ConvNd``, transformers' ``Conv1D``) that is a leaf parameter in another
+    dtype is cast once per autocast region and kept in the cast cache, which the tracker counts
+    as weights.
+    """
+    if dtype is None:
+        return 0
+    itemsize = _itemsize(dtype)
+    total = 0
+    seen: set[int] = set()
+    for module in model.modules():
+        matmul = isinstance(module, torch.nn.Linear | torch.nn.modules.conv._ConvNd)
+        if not (matmul or type(module).__name__ == "Conv1D"):  # transformers' GPT-2 Conv1D
+            continue
+        for p in (getattr(module, "weight", None), getattr(module, "bias", None)):
+            if p is None or id(p) in seen or not p.is_floating_point() or p.dtype == dtype:
+                continue
+            seen.add(id(p))
+            total += round_bytes(p.numel() * itemsize, rounding)
+    return total
+
+
 def _module_dtype(model: Any) -> torch.dtype:
     for p in model.parameters():
         if p.is_floating_point():
@@ -345,7 +370,9 @@ def predict_tracked(
     if model is not None:
         try:
             seen: set[object] = set()
-            result[Category.WEIGHTS] = _unique_bytes(model.parameters(), rounding, seen)
+            result[Category.WEIGHTS] = _unique_bytes(
+                model.parameters(), rounding, seen
+            ) + _autocast_cache_bytes(model, autocast_dtype, rounding)
             result[Category.BUFFERS] = _unique_bytes(model.buffers(), rounding, seen)
             grads = 0
             if training:

@@ -648,13 +648,22 @@ def find_holders(
                 name = namespace.get("__name__")
                 module = sys.modules.get(name) if isinstance(name, str) else None
                 if module is not None and getattr(module, "__dict__", None) is namespace:
+                    owners: list[Any] = [module]
+                else:  # an instance's attributes, or a module loaded outside sys.modules
+                    owners = [
+                        o
+                        for o in gc.get_referrers(namespace)
+                        if id(o) not in ignore and getattr(o, "__dict__", None) is namespace
+                    ]
+                module = next((o for o in owners if isinstance(o, types.ModuleType)), None)
+                if module is not None:
                     for var, value in namespace.items():
                         if id(value) in frontier_ids:
                             add(
                                 _Found(
                                     "global",
                                     var,
-                                    name,
+                                    module.__name__,
                                     type(value).__name__,
                                     namespace.get("__file__"),
                                     1,
@@ -665,14 +674,9 @@ def find_holders(
                                 )
                             )
                     continue
-                owners = [
-                    o
-                    for o in gc.get_referrers(ref)
-                    if id(o) not in ignore and getattr(o, "__dict__", None) is ref
-                ]
                 if owners:
                     for owner_obj in owners:
-                        _add_attributes(add, owner_obj, ref, frontier_ids, holds)
+                        _add_attributes(add, owner_obj, namespace, frontier_ids, holds)
                     continue
             if isinstance(ref, _CONTAINERS):
                 if id(ref) not in visited:

@@ -71,6 +71,7 @@ __all__ = [
     "classify",
     "creation_sites",
     "find_holders",
+    "mutation_lines",
     "suggestion_for",
 ]
 

@@ -226,3 +226,11 @@ def test_config_file_errors(tmp_path) -> None:
     bad.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="not a JSON object"):
         shape_from_config(tmp_path)
+
+
+def test_gguf_mixtral_matches_published_files() -> None:
+    # TheBloke/Mixtral-8x7B-v0.1-GGUF: Q4_K_M 26.44 GB, Q5_K_M 32.23 GB, Q8_0 49.62 GB (with
+    # metadata). llama.cpp's _M mixes leave the expert tensors (ffn_*_exps) at the base type.
+    s = shape("mixtral-8x7b")
+    for fmt, published in (("q4_k_m", 26.44e9), ("q5_k_m", 32.23e9), ("q8_0", 49.62e9)):
+        assert abs(weight_bytes(s, find_format(fmt)) - published) / published < 0.01

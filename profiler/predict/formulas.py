@@ -118,7 +118,8 @@ def weight_bytes(shape: ModelShape, fmt: WeightFormat) -> int:
                 fmt,
                 m.in_features,
                 m.out_features,
-                role=m.role,
+                # llama.cpp names expert tensors ffn_*_exps; its _M mixes leave them alone
+                role=m.role if m.count == 1 else f"{m.role}_exps",
                 layer=layer,
                 layers=shape.num_layers,
             )

@@ -234,3 +234,10 @@ def test_gguf_mixtral_matches_published_files() -> None:
     s = shape("mixtral-8x7b")
     for fmt, published in (("q4_k_m", 26.44e9), ("q5_k_m", 32.23e9), ("q8_0", 49.62e9)):
         assert abs(weight_bytes(s, find_format(fmt)) - published) / published < 0.01
+
+
+def test_gptq_and_awq_llama2_7b_match_published_files() -> None:
+    # TheBloke/Llama-2-7B-GPTQ (4-bit, group 128, act-order) 3.90 GB; Llama-2-7B-AWQ 3.89 GB.
+    s = shape("llama-2-7b")
+    assert abs(weight_bytes(s, find_format("gptq")) - 3.90e9) / 3.90e9 < 0.01
+    assert abs(weight_bytes(s, find_format("awq")) - 3.89e9) / 3.89e9 < 0.01

@@ -32,7 +32,8 @@ surviving tensors once at its end: a fraction of a second in a program with ~300
 objects, paid on at most ``max_hunts`` hunts per session and only after growth is suspected.
 
 Known limits: a cache with a cap that fills for longer than ``window`` steps is reported until it
-plateaus, then cleared; a tensor that grows in place by reassignment (``self.x = torch.cat(...)``)
+plateaus, then cleared; a KV cache that grows because steps end per generated token (call
+``mem.step()`` per request, not per token) looks like one that is never reset; a tensor that grows in place by reassignment (``self.x = torch.cat(...)``)
 has no surviving old storage, so its site is the creation site of the newest storage; a holder
 reached only through C++ objects (the autograd graph itself) is found through the Python tensor
 that owns that graph.

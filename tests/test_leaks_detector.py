@@ -114,6 +114,13 @@ def test_leak_is_hunted_then_flagged_at_the_creation_site(user_file: Path) -> No
     assert leak.capacity == 100 * MiB
     assert leak.capacity_step == 7 + 82
     assert leak.capacity_time == 1007.0 + 41.0
+    assert leak.describe() == (
+        f"memory leak: activations grows 1.00 MiB per step, held at {site} "
+        "`h = torch.relu(fc(x))` (graph kept). "
+        + suggestion_for(LeakPattern.GRAPH_KEPT)
+        + " At this rate 100.00 MiB is reached at step 89 (in 41 s)."
+        " Found by a leak hunt (exact mode on for 3 steps)."
+    )
     evidence = leak.evidence
     assert evidence.hunt == "exact mode on for 3 steps"
     assert evidence.hunt_steps == (5, 6, 7)

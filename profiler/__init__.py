@@ -15,19 +15,21 @@ from profiler.errors import (
     ConfigError,
     DryRunError,
     GpumemError,
-    SimulatedOutOfMemoryError,
     StreamError,
     TrackingError,
     UnknownNameError,
     UsageError,
 )
-from profiler.ledger import LiveStorage
 from profiler.records import CATEGORIES, Category, Event, EventKind, Phase, Sample, StepRecord
-from profiler.tracker import MemoryTracker, track_memory
 from profiler.units import format_bytes, parse_bytes
 
-#: Public names loaded on first use, so that ``import profiler`` stays light (no pandas).
+#: Public names loaded on first use, so that ``import profiler`` stays light: no torch until the
+#: tracker (or another torch-using part) is asked for, no pandas until a DataFrame is.
 _LAZY = {
+    "track_memory": "profiler.tracker",
+    "MemoryTracker": "profiler.tracker",
+    "LiveStorage": "profiler.ledger",
+    "SimulatedOutOfMemoryError": "profiler.errors",
     "estimate": "profiler.predict",
     "dry_run": "profiler.predict",
     "Estimate": "profiler.predict",

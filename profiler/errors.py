@@ -21,14 +21,14 @@ with ``HINT:`` says what.
 
 from __future__ import annotations
 
-import torch
+from typing import Any
 
 __all__ = [
     "BackendUnavailable",
     "ConfigError",
     "DryRunError",
     "GpumemError",
-    "SimulatedOutOfMemoryError",
+    "SimulatedOutOfMemoryError",  # noqa: F822 (made on first use, see __getattr__)
     "StreamError",
     "TrackingError",
     "UnknownNameError",
@@ -95,14 +95,30 @@ class TrackingError(GpumemError):
     """The tracker was used in a way it cannot measure."""
 
 
-class SimulatedOutOfMemoryError(torch.OutOfMemoryError):
-    """A simulated device ran out of memory: the tracked total would exceed its capacity.
+def _simulated_oom_class() -> type:
+    import torch
 
-    A subclass of ``torch.OutOfMemoryError`` so that existing OOM handlers treat it alike.
-    """
+    class SimulatedOutOfMemoryError(torch.OutOfMemoryError):
+        """A simulated device ran out of memory: the tracked total would exceed its capacity.
 
-    def __init__(self, message: str, *, requested: int, capacity: int, total: int) -> None:
-        super().__init__(message)
-        self.requested = requested
-        self.capacity = capacity
-        self.total = total
+        A subclass of ``torch.OutOfMemoryError`` so that existing OOM handlers treat it alike.
+        """
+
+        def __init__(self, message: str, *, requested: int, capacity: int, total: int) -> None:
+            super().__init__(message)
+            self.requested = requested
+            self.capacity = capacity
+            self.total = total
+
+    SimulatedOutOfMemoryError.__module__ = __name__
+    return SimulatedOutOfMemoryError
+
+
+def __getattr__(name: str) -> Any:
+    # SimulatedOutOfMemoryError subclasses torch's error: made on first use, so that importing
+    # the errors (every CLI command does) does not import torch.
+    if name == "SimulatedOutOfMemoryError":
+        cls = _simulated_oom_class()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

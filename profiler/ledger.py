@@ -47,7 +47,7 @@ def category_index(category: Category) -> int:
 class StorageEntry(weakref.ref):
     """One live storage: a weak reference to it plus what the ledger knows about it."""
 
-    __slots__ = ("cat", "dtype", "key", "module", "nbytes", "seq", "shape", "site", "step")
+    __slots__ = ("cat", "dtype", "key", "module", "nbytes", "saves", "seq", "shape", "site", "step")
 
     key: int
     nbytes: int
@@ -55,6 +55,7 @@ class StorageEntry(weakref.ref):
     module: str | None
     seq: int
     step: int
+    saves: int
     site: tuple[tuple[str, int], ...] | None
     shape: tuple[int, ...] | None
     dtype: str | None
@@ -177,6 +178,7 @@ class Ledger:
         entry.key = key
         entry.nbytes = nbytes
         entry.cat = cat
+        entry.saves = 0
         entry.module = self.module
         self.seq += 1
         entry.seq = self.seq
@@ -263,11 +265,13 @@ class Ledger:
 
     # ------------------------------------------------------------------ roles
 
-    def reclassify(self, entry: StorageEntry, cat: int) -> None:
+    def reclassify(self, entry: StorageEntry, cat: int, *, follow_peak: bool = True) -> None:
         """Move a storage to category index ``cat``.
 
-        A storage alive now that existed at the peak was part of the peak, so the at-peak split
-        follows it: the peak is reported in the roles its bytes turned out to have.
+        A storage alive now that existed at the peak was part of the peak, so by default the
+        at-peak split follows it: the peak is reported in the roles its bytes turned out to have.
+        ``follow_peak=False`` is for a role that ends (a saved tensor released after backward):
+        the peak keeps the role the bytes had then.
         """
         old = entry.cat
         if old == cat:
@@ -278,12 +282,13 @@ class Ledger:
         current[cat] += nbytes
         if current[cat] > self.category_peak[cat]:
             self.category_peak[cat] = current[cat]
-        if entry.seq <= self.window_seq:
-            self.window_at_peak[old] -= nbytes
-            self.window_at_peak[cat] += nbytes
-        if entry.seq <= self.peak_seq and self.at_peak is not self.window_at_peak:
-            self.at_peak[old] -= nbytes
-            self.at_peak[cat] += nbytes
+        if follow_peak:
+            if entry.seq <= self.window_seq:
+                self.window_at_peak[old] -= nbytes
+                self.window_at_peak[cat] += nbytes
+            if entry.seq <= self.peak_seq and self.at_peak is not self.window_at_peak:
+                self.at_peak[old] -= nbytes
+                self.at_peak[cat] += nbytes
         entry.cat = cat
 
     def claim(self, tensor: torch.Tensor, cat: int, *, only_from: tuple[int, ...] = ()) -> int:

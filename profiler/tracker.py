@@ -817,16 +817,27 @@ class MemoryTracker:
 
     # ================================================================== autograd hooks
 
-    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Saved-tensor pack hook: a temporary autograd keeps is an activation of this module."""
+    def _pack(self, tensor: torch.Tensor) -> Any:
+        """Saved-tensor pack hook: a temporary autograd keeps is an activation of this module.
+
+        It stays one while autograd holds it: the returned :class:`_Saved` wrapper goes when the
+        graph releases it, and with the last one the storage (if still alive, say the user's
+        input ids) is a temporary again.
+        """
         if not self._exact_on:
             return tensor
         try:
             ledger = self.ledger
             entry = ledger.entries.get(tensor.untyped_storage()._cdata)
-            if entry is not None and entry.cat == TEMPORARIES:
+            if entry is None:
+                return tensor
+            if entry.cat == ACTIVATIONS:
+                entry.saves += 1
+                return _Saved(tensor, entry, ledger)
+            if entry.cat == TEMPORARIES:
                 module = ledger.module
                 ledger.reclassify(entry, ACTIVATIONS)
+                entry.saves = 1
                 entry.module = module
                 if module is not None:
                     stats = self._module_stats.get(module)
@@ -836,6 +847,7 @@ class MemoryTracker:
                         outer_stats = self._module_stats.get(outer)
                         if outer_stats is not None:
                             outer_stats[_INCL] += entry.nbytes
+                return _Saved(tensor, entry, ledger)
         except Exception as error:
             self._fail("exact saved-tensor hook", error)
         return tensor
@@ -1415,6 +1427,18 @@ class MemoryTracker:
         )
         return frame
 
+    def top_modules(self, limit: int = 10) -> list[tuple[str, int]]:
+        """The ``limit`` modules that save the most activation bytes in a step (no pandas)."""
+        if not self._module_frames:
+            return []
+        pairs = [
+            (name, max(stats[_OWN], stats[_OWN_MAX]))
+            for name, stats in list(self._module_stats.items())
+        ]
+        pairs = [pair for pair in pairs if pair[1] > 0]
+        pairs.sort(key=lambda pair: (-pair[1], pair[0]))
+        return pairs[:limit]
+
     def compare(self) -> pd.DataFrame:
         """Predicted vs measured per category, with the likely cause of each gap in words."""
         from profiler.predict.compare import compare
@@ -1525,8 +1549,27 @@ class _BackwardMark:
         return None
 
 
-def _unpack(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor
+class _Saved:
+    """A tensor autograd saved for backward; when autograd lets go, the activation role ends."""
+
+    __slots__ = ("entry", "ledger", "tensor")
+
+    def __init__(self, tensor: torch.Tensor, entry: Any, ledger: Ledger) -> None:
+        self.tensor = tensor
+        self.entry = entry
+        self.ledger = ledger
+
+    def __del__(self) -> None:
+        entry = self.entry
+        entry.saves -= 1
+        if entry.saves <= 0 and entry.cat == ACTIVATIONS:
+            ledger = self.ledger
+            if ledger.entries.get(entry.key) is entry:
+                ledger.reclassify(entry, TEMPORARIES, follow_peak=False)
+
+
+def _unpack(saved: Any) -> torch.Tensor:
+    return saved.tensor if type(saved) is _Saved else saved
 
 
 def _tensors_in(value: Any) -> Iterable[torch.Tensor]:

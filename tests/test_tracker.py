@@ -379,3 +379,22 @@ def test_ledger_frees_through_weak_references_and_never_holds_storage() -> None:
     del view
     assert ledger.total == 0 and not ledger.entries
     assert ledger.peak == 400
+
+
+def test_a_saved_tensor_is_an_activation_only_while_autograd_holds_it() -> None:
+    embed = nn.Embedding(50, 8)
+    optimizer = torch.optim.SGD(embed.parameters(), lr=0.1)
+    with track_memory(embed, optimizer, stream=False) as mem:
+        ids = torch.randint(0, 50, (4, 16))  # int64, made in the block: a temporary
+        out = embed(ids)  # the embedding saves ids for its backward: an activation
+        during = mem.breakdown()
+        out.sum().backward()
+        optimizer.step()
+    after = mem.breakdown()
+    ids_bytes = 4 * 16 * 8
+    assert during.loc["activations", "current"] == ids_bytes
+    assert after.loc["activations", "current"] == 0  # released with the graph
+    assert after.loc["activations", "peak"] == ids_bytes
+    assert after.loc["temporaries", "current"] == ids_bytes + 4 * 16 * 8 * 4  # ids and out
+    assert mem.top_modules() == [("Embedding", ids_bytes)]
+    del ids, out

@@ -35,6 +35,8 @@ _LAZY = {
     "Estimate": "profiler.predict",
     "DryRun": "profiler.predict",
     "GpuSpec": "profiler.predict",
+    "GPUS": "profiler.predict",
+    "preset_names": "profiler.predict",
     "find_gpu": "profiler.predict",
     "Leak": "profiler.leaks",
     "LeakPattern": "profiler.leaks",
@@ -55,6 +57,7 @@ __all__ = [
     "Estimate",
     "Event",
     "EventKind",
+    "GPUS",
     "GpuSpec",
     "GpumemError",
     "Leak",
@@ -79,6 +82,7 @@ __all__ = [
     "format_bytes",
     "load_report",
     "parse_bytes",
+    "preset_names",
     "track_memory",
 ]
 

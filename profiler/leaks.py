@@ -1201,12 +1201,11 @@ class LeakDetector:
 
     def _capacity(self) -> int | None:
         tracker = self.tracker
-        capacity = getattr(tracker, "capacity", None)
-        if isinstance(capacity, int) and capacity > 0:
-            return capacity
-        nvml = getattr(tracker, "_last_nvml", None)
-        total = getattr(nvml, "device_total", None)
-        return total if isinstance(total, int) and total > 0 else None
+        for name in ("device_total", "capacity"):
+            total = getattr(tracker, name, None)
+            if isinstance(total, int) and total > 0:
+                return total
+        return None
 
     def _raise(self, leak: Leak) -> None:
         self.leaks.append(leak)

@@ -47,13 +47,26 @@ def category_index(category: Category) -> int:
 class StorageEntry(weakref.ref):
     """One live storage: a weak reference to it plus what the ledger knows about it."""
 
-    __slots__ = ("cat", "dtype", "key", "module", "nbytes", "saves", "seq", "shape", "site", "step")
+    __slots__ = (
+        "cat",
+        "dtype",
+        "key",
+        "module",
+        "nbytes",
+        "saves",
+        "seq",
+        "shape",
+        "since",
+        "site",
+        "step",
+    )
 
     key: int
     nbytes: int
     cat: int
     module: str | None
     seq: int
+    since: int  # the allocation number from which it has been in ``cat``
     step: int
     saves: int
     site: tuple[tuple[str, int], ...] | None
@@ -122,6 +135,7 @@ class Ledger:
         self.peak = 0
         self.at_peak = [0] * N_CATEGORIES
         self.category_peak = [0] * N_CATEGORIES
+        self.category_peak_seq = [0] * N_CATEGORIES
         self.peak_seq = 0
         #: The peak since the last :meth:`reset_window` (a step's peak), and its split.
         self.window_peak = 0
@@ -181,7 +195,7 @@ class Ledger:
         entry.saves = 0
         entry.module = self.module
         self.seq += 1
-        entry.seq = self.seq
+        entry.seq = entry.since = self.seq
         entry.step = self.step
         if nbytes >= BIG_STORAGE_BYTES or self.record_sites:
             entry.site = self._site()
@@ -196,6 +210,7 @@ class Ledger:
         current[cat] += nbytes
         if current[cat] > self.category_peak[cat]:
             self.category_peak[cat] = current[cat]
+            self.category_peak_seq[cat] = self.seq
         self.total = total
         if total > self.window_peak:
             self.window_peak = total
@@ -258,6 +273,7 @@ class Ledger:
         current[cat] += delta
         if current[cat] > self.category_peak[cat]:
             self.category_peak[cat] = current[cat]
+            self.category_peak_seq[cat] = self.seq
         self.total += delta
         self._check_peaks(self.total, current)
         if self.frames and self.total > self.frames[-1]:
@@ -268,10 +284,11 @@ class Ledger:
     def reclassify(self, entry: StorageEntry, cat: int, *, follow_peak: bool = True) -> None:
         """Move a storage to category index ``cat``.
 
-        A storage alive now that existed at the peak was part of the peak, so by default the
-        at-peak split follows it: the peak is reported in the roles its bytes turned out to have.
-        ``follow_peak=False`` is for a role that ends (a saved tensor released after backward):
-        the peak keeps the role the bytes had then.
+        A storage alive now that was in its old category at a peak was part of that peak, so by
+        default the peaks follow it: the at-peak split (and the old category's own peak) report
+        its bytes in the role they turned out to have, a KV cache or optimizer state rather than
+        the temporary they were for a moment. ``follow_peak=False`` is for a role that ends (a
+        saved tensor released after backward): the peaks keep the role the bytes had then.
         """
         old = entry.cat
         if old == cat:
@@ -280,16 +297,21 @@ class Ledger:
         current = self.current
         current[old] -= nbytes
         current[cat] += nbytes
-        if current[cat] > self.category_peak[cat]:
-            self.category_peak[cat] = current[cat]
         if follow_peak:
-            if entry.seq <= self.window_seq:
+            since = entry.since
+            if since <= self.window_seq:
                 self.window_at_peak[old] -= nbytes
                 self.window_at_peak[cat] += nbytes
-            if entry.seq <= self.peak_seq and self.at_peak is not self.window_at_peak:
+            if since <= self.peak_seq and self.at_peak is not self.window_at_peak:
                 self.at_peak[old] -= nbytes
                 self.at_peak[cat] += nbytes
+            if since <= self.category_peak_seq[old]:
+                self.category_peak[old] = max(self.category_peak[old] - nbytes, current[old])
+        if current[cat] > self.category_peak[cat]:
+            self.category_peak[cat] = current[cat]
+            self.category_peak_seq[cat] = self.seq
         entry.cat = cat
+        entry.since = self.seq + 1
 
     def claim(self, tensor: torch.Tensor, cat: int, *, only_from: tuple[int, ...] = ()) -> int:
         """Put ``tensor``'s storage in ``cat`` (adding it if unknown); returns bytes moved or added.
@@ -355,6 +377,7 @@ class Ledger:
         for i, value in enumerate(categories):
             if value > self.category_peak[i]:
                 self.category_peak[i] = value
+                self.category_peak_seq[i] = self.seq
         if self.frames and total > self.frames[-1]:
             self.frames[-1] = total
 

@@ -311,6 +311,8 @@ class MemoryTracker:
         self.optimizer_class: str | None = type(optimizer).__name__ if optimizer else None
         self.observed_batch: int | None = None
         self.observed_seq: int | None = None
+        #: Positions per sequence held by the largest KV cache seen (``None``: no cache seen).
+        self.kv_tokens: int | None = None
         self.autocast_dtype: torch.dtype | None = None
         self.checkpointing: bool | None = None
         self.attention_impl: str | None = None
@@ -388,6 +390,7 @@ class MemoryTracker:
         self.failure = None
         self.oom_report = None
         self._oom_observer = None
+        self.kv_tokens = None
         self.start_time = time.time()
         self._step_start = time.perf_counter()
         self._active = True
@@ -989,6 +992,7 @@ class MemoryTracker:
         for i, value in enumerate(split):
             if value > self.ledger.category_peak[i]:
                 self.ledger.category_peak[i] = value
+                self.ledger.category_peak_seq[i] = self.ledger.seq
         return split
 
     def _current_split(self) -> list[int]:
@@ -1121,9 +1125,14 @@ class MemoryTracker:
 
     def _claim_kv(self, obj: Any) -> None:
         ledger = self.ledger
+        tokens = 0
         for tensor in cache_tensors(obj):
             if self._is_wanted(tensor):
                 ledger.claim(tensor, KV_CACHE, only_from=(TEMPORARIES, ACTIVATIONS, OTHER))
+                if tensor.dim() >= 3:
+                    # (batch, kv_heads, positions, head_dim): positions held per sequence
+                    tokens = max(tokens, int(tensor.shape[-2]))
+        self.kv_tokens = max(self.kv_tokens or 0, tokens)
 
     # ================================================================== leak hunt
 
@@ -1137,13 +1146,15 @@ class MemoryTracker:
         self._hunt_steps_left = steps
         if self.mode == "fast":
             self._start_exact()
+        # Called from a step-end observer, the countdown includes the step ending now.
+        what = "exact mode on" if self.mode == "fast" else "recording creation sites"
         self._emit(
             Event(
                 time.time(),
                 self._step,
                 EventKind.LEAK_HUNT,
-                f"leak hunt: recording creation sites for {steps} steps",
-                {"steps": steps},
+                f"leak hunt: {what} for {steps - 1} steps to find what holds the growth",
+                {"steps": steps - 1},
             )
         )
 
@@ -1308,7 +1319,10 @@ class MemoryTracker:
         model = self.model
         optimizers = self._optimizers()
         training = any(s.phase is Phase.BACKWARD for s in self._samples.items)
-        kv_tokens = None
+        # No cache seen while the model ran: none was kept, so none is predicted.
+        kv_tokens = self.kv_tokens
+        if kv_tokens is None and self.observed_batch is not None:
+            kv_tokens = 0
         try:
             predicted = predict_tracked(
                 model,
@@ -1343,6 +1357,15 @@ class MemoryTracker:
     def peak_bytes(self) -> int:
         """The highest total seen."""
         return int(self.ledger.peak)
+
+    @property
+    def device_total(self) -> int | None:
+        """The device's memory: a simulated capacity, else NVML's total (CUDA), else ``None``."""
+        if self.capacity is not None:
+            return self.capacity
+        nvml = self._last_nvml
+        total = nvml.device_total if nvml is not None else None
+        return total if isinstance(total, int) and total > 0 else None
 
     @property
     def current_bytes(self) -> int:

@@ -6,7 +6,7 @@ import re
 
 from profiler.errors import UsageError
 
-__all__ = ["GB", "GiB", "KiB", "MiB", "format_bytes", "parse_bytes"]
+__all__ = ["GB", "GiB", "KiB", "MiB", "format_bytes", "format_gb", "parse_bytes"]
 
 KiB = 1024
 MiB = 1024**2
@@ -45,6 +45,11 @@ def format_bytes(n: int | float | None, *, signed: bool = False) -> str:
             return f"{sign}{value:.2f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+def format_gb(n: int | float) -> str:
+    """Decimal gigabytes with two decimals, as model cards and the seed quote them: ``'14.00'``."""
+    return f"{n / GB:.2f}"
 
 
 def parse_bytes(text: str | int | float) -> int:

@@ -191,7 +191,9 @@ def test_formula_vs_measured_training_step(kind: str, batch: int, seq: int) -> N
         assert table.loc[category, "cause"] == "matches"
     # logits, the loss's fp32 gradient and the logits' gradient: 3 x T x vocab x 4
     assert frame.loc["temporaries", "predicted"] == 3 * batch * seq * 1000 * 4
-    assert "optimizer state created in the first step" in table.loc["temporaries", "cause"]
+    # the optimizer state born as temporaries in the first step is charged to the optimizer at
+    # the peak too, so the temporaries' peak is the logits' working set the formula predicts
+    assert abs(table.loc["temporaries", "gap_pct"]) < 2.0  # percent
 
 
 def _frame(rows: dict[str, tuple[int, float]]) -> pd.DataFrame:
@@ -262,12 +264,12 @@ def test_checkpointing_and_inference_predictions_llama() -> None:
     # 2 layers x (K + V) x 2 KV heads x 16 x 64 tokens x batch 2 x 4 bytes
     assert frame.loc["kv_cache", "predicted"] == frame.loc["kv_cache", "peak"] == 65_536
     assert frame.loc["activations", "predicted"] == frame.loc["activations", "peak"] == 0
-    # At the head: the final norm's output (T x h x 4) and the logits (T x vocab x 4); the
-    # ledger also counts the cache built during the forward as temporaries until it is claimed.
+    # At the head: the final norm's output (T x h x 4) and the logits (T x vocab x 4); the cache
+    # built during the forward was a temporary for a moment, but its peak follows its final role.
     tokens = 2 * 64
     assert frame.loc["temporaries", "predicted"] == tokens * 64 * 4 + tokens * 1000 * 4
-    assert frame.loc["temporaries", "peak"] == frame.loc["temporaries", "predicted"] + 65_536
-    assert "KV cache" in mem.compare().loc["temporaries", "cause"]
+    assert frame.loc["temporaries", "peak"] == frame.loc["temporaries", "predicted"]
+    assert mem.compare().loc["temporaries", "cause"] == "matches"
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])

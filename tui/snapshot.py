@@ -268,7 +268,15 @@ def alerts_for(session: SessionView, devices: Sequence[DeviceInfo]) -> tuple[Ale
             )
         )
     seen: set[tuple[str, str]] = set()
-    for event in reversed(session.events):
+    cleared: set[str] = set()
+    for event in reversed(session.events):  # newest first
+        if event.kind == "leak" and isinstance(event.data, dict):
+            site = str(event.data.get("site"))
+            if event.data.get("cleared"):
+                cleared.add(site)  # a leak that plateaued: its earlier alerts are void
+                continue
+            if site in cleared:
+                continue
         alert = _event_alert(event.kind, event.message, event.data, event.step)
         if alert is None or (alert.kind, alert.title) in seen:
             continue

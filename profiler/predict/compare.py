@@ -34,24 +34,11 @@ def explain_gap(
     measured: int,
     predicted: int | None,
     context: dict[str, Any],
-    kv_predicted: int | None = None,
 ) -> str:
     """The likely cause of ``measured - predicted`` for one category, in a few words."""
     if predicted is None:
         return "no prediction for this category"
     gap = measured - predicted
-    if (
-        category == "temporaries"
-        and kv_predicted
-        and abs(gap - kv_predicted) <= max(_SMALL, 0.1 * kv_predicted)
-    ):
-        return "the KV cache built during the forward, counted as temporaries until recognised"
-    born = context.get("_optimizer_predicted")
-    if category == "temporaries" and born and 0.5 * born <= gap <= 1.5 * born:
-        return (
-            "likely the optimizer state created in the first step, counted as temporaries "
-            "until that step ended"
-        )
     if abs(gap) <= max(_SMALL, _TOLERANCE * max(predicted, 1)):
         return "matches"
     rounding = int(context.get("rounding") or 1)
@@ -121,13 +108,6 @@ def compare(breakdown: pandas.DataFrame, *, context: dict[str, Any]) -> pandas.D
     import pandas as pd
 
     rows = []
-    kv_predicted = opt_predicted = None
-    if "predicted" in breakdown.columns:
-        if "kv_cache" in breakdown.index:
-            kv_predicted = _as_int(breakdown.loc["kv_cache"].get("predicted"))
-        if "optimizer" in breakdown.index:
-            opt_predicted = _as_int(breakdown.loc["optimizer"].get("predicted"))
-    context = {**context, "_optimizer_predicted": opt_predicted}
     names = [str(c) for c in CATEGORIES] + [
         str(c) for c in breakdown.index if str(c) not in {str(k) for k in CATEGORIES}
     ]
@@ -147,7 +127,7 @@ def compare(breakdown: pandas.DataFrame, *, context: dict[str, Any]) -> pandas.D
                 "predicted": predicted,
                 "gap": gap,
                 "gap_pct": pct,
-                "cause": explain_gap(name, measured, predicted, context, kv_predicted),
+                "cause": explain_gap(name, measured, predicted, context),
             }
         )
     frame = pd.DataFrame(

@@ -192,9 +192,9 @@ def _list(out: Any, as_json: bool) -> int:
 
 
 def _gb(n: int) -> str:
-    from profiler.units import GB
+    from profiler.units import format_gb
 
-    return f"{n / GB:.2f}"
+    return format_gb(n)
 
 
 def _render(est: Any, gpus: list[Any], extra: dict[str, Any], out: Any) -> None:

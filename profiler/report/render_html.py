@@ -9,12 +9,12 @@ is drawn the script sets ``data-charts-rendered`` on ``<body>`` to the number dr
 
 from __future__ import annotations
 
-import datetime as _dt
 import html
 import json
 import math
 from typing import TYPE_CHECKING, Any
 
+from profiler.report import tables
 from profiler.units import format_bytes
 
 if TYPE_CHECKING:
@@ -158,110 +158,29 @@ def _table(header: list[str], rows: list[list[object]], cls: str = "") -> str:
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _fits(value: bool | None) -> str:
-    return "unknown" if value is None else ("yes" if value else "no")
+def _table_or_text(table: tables.Table | str) -> str:
+    return f"<p>{_esc(table)}</p>" if isinstance(table, str) else _table(*table)
 
 
 def render_html(report: OomReport) -> str:
     """The whole report as one HTML page that needs no network."""
     data = json.dumps(_chart_data(report), allow_nan=False)
     data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    when = _dt.datetime.fromtimestamp(report.created, tz=_dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-    kind = "Simulated out of memory" if report.simulated else "CUDA out of memory"
-    device = report.device + (f" ({report.gpu_name})" if report.gpu_name else "")
-    summary = _table(
-        ["what", "value"],
-        [
-            ["when (UTC)", when],
-            ["device", device],
-            ["capacity", format_bytes(report.capacity)],
-            ["requested", format_bytes(report.requested)],
-            ["free", format_bytes(report.free)],
-            ["tracked at failure", format_bytes(report.total)],
-            ["peak tracked", format_bytes(report.peak)],
-            ["phase", report.phase],
-            ["step", report.step],
-            ["module", report.module],
-            ["model", report.run.model_class],
-            ["optimizer", report.run.optimizer_class],
-            ["batch", report.run.batch],
-        ],
-    )
-    suggestions = _table(
-        ["#", "kind", "change", "saves", "peak after", "fits"],
-        [
-            [
-                i,
-                s.kind,
-                s.title,
-                format_bytes(s.saves_bytes),
-                format_bytes(s.peak_after),
-                _fits(s.fits),
-            ]
-            for i, s in enumerate(report.suggestions, 1)
-        ],
-        "suggestions",
-    )
+    kind = tables.heading(report)
+    header, rows = tables.summary_table(report)
+    summary = _table(header, rows + tables.run_table(report)[1])
+    suggestions = _table(*tables.suggestion_table(report), "suggestions")
     details = "".join(
         f"<li><b>{_esc(s.title)}</b>: {_esc(s.detail)}</li>" for s in report.suggestions if s.detail
     )
-    breakdown = _table(
-        ["category", "at failure", "peak", "share of peak", "predicted", "peak vs predicted"],
-        [
-            [
-                r.category,
-                format_bytes(r.current),
-                format_bytes(r.peak),
-                format_bytes(r.at_peak),
-                format_bytes(r.predicted),
-                r.gap,
-            ]
-            for r in report.breakdown
-        ],
-    )
+    breakdown = _table(*tables.breakdown_table(report))
     waterfall = _table(
         ["part", "bytes"],
         [["\u2003" * r.level + r.label, format_bytes(r.bytes)] for r in report.waterfall],
     )
-    tensors = _table(
-        ["bytes", "category", "shape", "dtype", "module", "created at"],
-        [
-            [
-                format_bytes(t.nbytes),
-                t.category,
-                None if t.shape is None else "×".join(str(d) for d in t.shape) or "scalar",
-                t.dtype,
-                t.module,
-                t.site,
-            ]
-            for t in report.tensors
-        ],
-    )
-    frag = report.fragmentation
-    fragmentation = (
-        "<p>Not measured (no CUDA caching allocator).</p>"
-        if frag is None
-        else _table(
-            ["what", "bytes"],
-            [
-                ["reserved", format_bytes(frag.reserved)],
-                ["allocated", format_bytes(frag.allocated)],
-                ["cached but free", format_bytes(frag.cached_free)],
-                ["inactive split blocks", format_bytes(frag.inactive_split)],
-                ["largest free block", format_bytes(frag.largest_free_block)],
-                ["segments", frag.segments],
-            ],
-        )
-    )
-    if report.processes is None:
-        processes = "<p>Unknown (no NVML, or not a GPU).</p>"
-    elif not report.processes:
-        processes = "<p>None.</p>"
-    else:
-        processes = _table(
-            ["pid", "name", "memory"],
-            [[p.pid, p.name, format_bytes(p.gpu_memory)] for p in report.processes],
-        )
+    tensors = _table(*tables.tensor_table(report))
+    fragmentation = _table_or_text(tables.fragmentation_table(report))
+    processes = _table_or_text(tables.process_table(report))
     notes = "".join(f"<li>{_esc(n)}</li>" for n in report.notes)
     message = f"<blockquote>{_esc(report.message)}</blockquote>" if report.message else ""
     return _PAGE.format(

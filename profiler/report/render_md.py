@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 from typing import TYPE_CHECKING
 
+from profiler.report import tables
 from profiler.units import format_bytes
 
 if TYPE_CHECKING:
@@ -24,88 +24,31 @@ def _table(header: list[str], rows: list[list[object]]) -> list[str]:
     return lines
 
 
-def _fits(value: bool | None) -> str:
-    return "unknown" if value is None else ("yes" if value else "no")
+def _section(title: str, table: tables.Table | str) -> list[str]:
+    body = [table] if isinstance(table, str) else _table(*table)
+    return ["", f"## {title}", "", *body]
 
 
 def render_markdown(report: OomReport) -> str:
     """The whole report as a Markdown document."""
-    when = _dt.datetime.fromtimestamp(report.created, tz=_dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-    kind = "Simulated out of memory" if report.simulated else "CUDA out of memory"
-    device = report.device + (f" ({report.gpu_name})" if report.gpu_name else "")
-    out = [f"# gpumem OOM report: {kind}", ""]
+    out = [f"# gpumem OOM report: {tables.heading(report)}", ""]
     if report.message:
         out += [f"> {report.message}", ""]
-    out += _table(
-        ["what", "value"],
-        [
-            ["when (UTC)", when],
-            ["device", device],
-            ["capacity", format_bytes(report.capacity)],
-            ["requested", format_bytes(report.requested)],
-            ["free", format_bytes(report.free)],
-            ["tracked at failure", format_bytes(report.total)],
-            ["peak tracked", format_bytes(report.peak)],
-            ["phase", report.phase],
-            ["step", report.step],
-            ["module", report.module],
-        ],
-    )
-    run = report.run
-    facts = [
-        ("model", run.model_class),
-        ("parameters", None if run.param_count is None else f"{run.param_count:,}"),
-        (
-            "trainable",
-            None if run.trainable_param_count is None else f"{run.trainable_param_count:,}",
-        ),
-        ("optimizer", run.optimizer_class),
-        ("batch", run.batch),
-        ("sequence", run.seq),
-        ("autocast", run.autocast_dtype),
-        ("checkpointing", run.checkpointing),
-        ("mode", run.mode),
-    ]
-    shown: list[list[object]] = [[k, v] for k, v in facts if v is not None]
-    if shown:
-        out += ["", "## Run", ""] + _table(["what", "value"], shown)
+    out += _table(*tables.summary_table(report))
+    run = tables.run_table(report)
+    if run[1]:
+        out += _section("Run", run)
 
     out += ["", "## Suggestions (most bytes saved first)", ""]
     if report.suggestions:
-        rows: list[list[object]] = []
-        for i, s in enumerate(report.suggestions, 1):
-            rows.append(
-                [
-                    i,
-                    s.kind,
-                    s.title,
-                    format_bytes(s.saves_bytes),
-                    format_bytes(s.peak_after),
-                    _fits(s.fits),
-                ]
-            )
-        out += _table(["#", "kind", "change", "saves", "peak after", "fits"], rows)
+        out += _table(*tables.suggestion_table(report))
         details = [f"{i}. {s.detail}" for i, s in enumerate(report.suggestions, 1) if s.detail]
         if details:
             out += [""] + details
     else:
         out.append("No suggestion applies.")
 
-    out += ["", "## Memory by category", ""]
-    out += _table(
-        ["category", "at failure", "peak", "share of peak", "predicted", "peak vs predicted"],
-        [
-            [
-                r.category,
-                format_bytes(r.current),
-                format_bytes(r.peak),
-                format_bytes(r.at_peak),
-                format_bytes(r.predicted),
-                r.gap,
-            ]
-            for r in report.breakdown
-        ],
-    )
+    out += _section("Memory by category", tables.breakdown_table(report))
     predicted = report.predicted_total
     if predicted is not None:
         measured = sum(r.at_peak for r in report.breakdown if r.predicted is not None)
@@ -122,52 +65,11 @@ def render_markdown(report: OomReport) -> str:
         out.append(f"{label:<{width}}{format_bytes(r.bytes):>12}")
     out.append("```")
 
-    out += ["", "## Largest live tensors", ""]
-    if report.tensors:
-        out += _table(
-            ["bytes", "category", "shape", "dtype", "module", "created at"],
-            [
-                [
-                    format_bytes(t.nbytes),
-                    t.category,
-                    None if t.shape is None else "×".join(str(d) for d in t.shape) or "scalar",
-                    t.dtype,
-                    t.module,
-                    t.site,
-                ]
-                for t in report.tensors
-            ],
-        )
-    else:
-        out.append("None recorded.")
-
-    out += ["", "## Fragmentation", ""]
-    frag = report.fragmentation
-    if frag is None:
-        out.append("Not measured (no CUDA caching allocator).")
-    else:
-        out += _table(
-            ["what", "bytes"],
-            [
-                ["reserved", format_bytes(frag.reserved)],
-                ["allocated", format_bytes(frag.allocated)],
-                ["cached but free", format_bytes(frag.cached_free)],
-                ["inactive split blocks", format_bytes(frag.inactive_split)],
-                ["largest free block", format_bytes(frag.largest_free_block)],
-                ["segments", frag.segments],
-            ],
-        )
-
-    out += ["", "## Other processes on the GPU", ""]
-    if report.processes is None:
-        out.append("Unknown (no NVML, or not a GPU).")
-    elif not report.processes:
-        out.append("None.")
-    else:
-        out += _table(
-            ["pid", "name", "memory"],
-            [[p.pid, p.name, format_bytes(p.gpu_memory)] for p in report.processes],
-        )
+    out += _section(
+        "Largest live tensors", tables.tensor_table(report) if report.tensors else "None recorded."
+    )
+    out += _section("Fragmentation", tables.fragmentation_table(report))
+    out += _section("Other processes on the GPU", tables.process_table(report))
 
     out += ["", "## Timeline leading up to the failure", ""]
     if report.timeline:

@@ -346,6 +346,7 @@ class MemoryTracker:
         self._phase_code = 0
         self._step = 0
         self._step_start = 0.0
+        self._saw_backward = False
         self._module_stack: list[str] = []
         self._backward_stack: list[str] = []
         self._names: dict[int, str] = {}
@@ -359,6 +360,7 @@ class MemoryTracker:
         self._backward_callback_queued = False
         self._thread = threading.get_ident()
         self._read_counter: Callable[[], tuple[int, int | None]] | None = None
+        self._read_current: Callable[[], int] = lambda: 0
         self._counter_base = 0
         self._known_base = 0
         self._other_base = 0
@@ -389,6 +391,7 @@ class MemoryTracker:
         self._step = 0
         self.failure = None
         self.oom_report = None
+        self._saw_backward = False
         self._oom_observer = None
         self.kv_tokens = None
         self.start_time = time.time()
@@ -516,6 +519,10 @@ class MemoryTracker:
             self._fast = True
             self._known_base = sum(ledger.current)
             self._read_counter = self._make_counter()
+            read_counter = self._read_counter
+            self._read_current = getattr(read_counter, "current_only", None) or (
+                lambda: read_counter()[0]
+            )
             self._counter_base, peak = self._read_counter()
             self._peak_base = peak or 0
             self._module_frames = self._on_cuda or self._counter_cost() < _MODULE_READ_BUDGET
@@ -581,7 +588,12 @@ class MemoryTracker:
                 "only parameters, gradients, optimizer state and KV cache are measured",
             )
             return lambda: (sum(self.ledger.current), None)
-        return lambda: (reader(), None)
+
+        def heap_counter() -> tuple[int, int | None]:
+            return reader(), None
+
+        heap_counter.current_only = reader  # type: ignore[attr-defined]
+        return heap_counter
 
     # ================================================================== hooks in, hooks out
 
@@ -589,9 +601,16 @@ class MemoryTracker:
         import torch.optim.optimizer as optim_mod
         from torch.nn.modules import module as module_mod
 
-        self._handles.append(module_mod.register_module_forward_pre_hook(self._forward_pre))
+        fast = self.mode == "fast"
         self._handles.append(
-            module_mod.register_module_forward_hook(self._forward_post, always_call=True)
+            module_mod.register_module_forward_pre_hook(
+                self._fast_pre if fast else self._forward_pre
+            )
+        )
+        self._handles.append(
+            module_mod.register_module_forward_hook(
+                self._fast_post if fast else self._forward_post, always_call=True
+            )
         )
         self._handles.append(optim_mod.register_optimizer_step_pre_hook(self._optimizer_pre))
         self._handles.append(optim_mod.register_optimizer_step_post_hook(self._optimizer_post))
@@ -688,6 +707,67 @@ class MemoryTracker:
         if name is None:
             name = type(module).__name__
         return name
+
+    def _fast_pre(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        """Fast mode's module pre-hook: the lean path (one counter read, no per-op work)."""
+        if not self._fast or "module hooks" in self._disabled:
+            return self._forward_pre(module, args)  # a leak hunt runs the exact ledger
+        if threading.get_ident() != self._thread:
+            return None
+        try:
+            stack = self._module_stack
+            if not stack and self._phase_code != 1 and _graph_task_id() == -1:
+                self._set_phase(Phase.FORWARD)
+            name = self._names.get(id(module)) or type(module).__name__
+            stack.append(name)
+            stats = self._module_stats.get(name)
+            if stats is None:
+                stats = self._module_stats[name] = [0] * _STATS_LEN
+            stats[_CALLS] += 1
+            if self._module_frames:
+                current = self._read_current()
+                total = current + self._fast_offset
+                ledger = self.ledger
+                if total > ledger.window_peak:
+                    ledger.observe_total(total, self._fast_split(current))
+                ledger.frames.append(total)
+                stats[_BASE] = total
+        except Exception as error:
+            self._fail("module hooks", error)
+        return None
+
+    def _fast_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        """Fast mode's module post-hook: the lean path."""
+        if not self._fast or "module hooks" in self._disabled:
+            return self._forward_post(module, args, output)
+        stack = self._module_stack
+        if not stack or threading.get_ident() != self._thread:
+            return None
+        try:
+            name = stack.pop()
+            if self._module_frames:
+                current = self._read_current()
+                total = current + self._fast_offset
+                ledger = self.ledger
+                if total > ledger.window_peak:
+                    ledger.observe_total(total, self._fast_split(current))
+                frames = ledger.frames
+                peak = max(frames.pop(), total) if frames else total
+                if frames and peak > frames[-1]:
+                    frames[-1] = peak
+                stats = self._module_stats[name]
+                base = stats[_BASE]
+                if peak - base > stats[_FWD_PEAK]:
+                    stats[_FWD_PEAK] = peak - base
+                if total > base:
+                    # what the forward left behind is what it saved (children included)
+                    stats[_OWN] += total - base
+                    stats[_INCL] += total - base
+            if not stack and not self._backward_stack and _graph_task_id() == -1:
+                self._set_phase(Phase.IDLE)
+        except Exception as error:
+            self._fail("module hooks", error)
+        return None
 
     def _forward_pre(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
         if "module hooks" in self._disabled or threading.get_ident() != self._thread:
@@ -856,6 +936,7 @@ class MemoryTracker:
         return tensor
 
     def _enter_backward(self) -> None:
+        self._saw_backward = True
         self._set_phase(Phase.BACKWARD)
         if not self._backward_callback_queued:
             try:
@@ -1000,24 +1081,31 @@ class MemoryTracker:
             return self._fast_observe()
         return self.ledger.current[:]
 
-    def _sample(self, phase: Phase | None = None) -> Sample:
-        """Take a sample (labelled with ``phase``, by default the phase in flight)."""
+    def _sample(self, phase: Phase | None = None) -> tuple[Any, ...]:
+        """Take a sample (labelled with ``phase``, by default the phase in flight).
+
+        Kept as a plain tuple in :class:`Sample`'s field order (the hot path builds no record);
+        a :class:`Sample` is made only for observers and when :attr:`samples` is read.
+        """
         split = self._current_split()
-        total = sum(split)
-        ledger = self.ledger
-        module = self._module_stack[-1] if self._module_stack else ledger.module
-        sample = Sample(
-            time=time.time(),
-            step=self._step,
-            phase=phase or self._phase,
-            module=module,
-            bytes=tuple(split),
-            total=total,
-            allocator=self._allocator_reading(),
-            nvml=self._nvml_reading(),
+        stack = self._module_stack
+        if self._on_cuda:
+            allocator, nvml = self._allocator_reading(), self._nvml_reading()
+        else:
+            allocator = nvml = None
+        sample = (
+            time.time(),
+            self._step,
+            phase or self._phase,
+            stack[-1] if stack else self.ledger.module,
+            tuple(split),
+            sum(split),
+            allocator,
+            nvml,
         )
         self._samples.append(sample)
-        self._notify("on_sample", sample)
+        if self._observers:
+            self._notify("on_sample", Sample(*sample))
         return sample
 
     def _allocator_reading(self) -> AllocatorReading | None:
@@ -1060,23 +1148,24 @@ class MemoryTracker:
         sample = self._sample(phase)
         ledger = self.ledger
         step_peak, peak_bytes = ledger.reset_window()
+        sample_time, sample_bytes, sample_total = sample[0], sample[4], sample[5]
         record = StepRecord(
             step=self._step,
-            time=sample.time,
+            time=sample_time,
             duration=now - self._step_start,
-            bytes=sample.bytes,
-            total=sample.total,
+            bytes=sample_bytes,
+            total=sample_total,
             peak=step_peak,
             peak_bytes=peak_bytes,
         )
         self._steps.append(record)
         self._emit(
             Event(
-                sample.time,
+                sample_time,
                 self._step,
                 EventKind.STEP_END,
                 f"step {self._step}",
-                {"total": sample.total, "peak": step_peak, "duration": record.duration},
+                {"total": sample_total, "peak": step_peak, "duration": record.duration},
             )
         )
         self._fold_step_modules()
@@ -1318,7 +1407,7 @@ class MemoryTracker:
             return
         model = self.model
         optimizers = self._optimizers()
-        training = any(s.phase is Phase.BACKWARD for s in self._samples.items)
+        training = self._saw_backward
         # No cache seen while the model ran: none was kept, so none is predicted.
         kv_tokens = self.kv_tokens
         if kv_tokens is None and self.observed_batch is not None:
@@ -1346,7 +1435,7 @@ class MemoryTracker:
     @property
     def samples(self) -> list[Sample]:
         """Samples taken so far (bounded: older ones are thinned on long runs)."""
-        return list(self._samples.items)
+        return [Sample(*sample) for sample in self._samples.items]
 
     @property
     def steps(self) -> list[StepRecord]:
@@ -1374,13 +1463,13 @@ class MemoryTracker:
 
     def _last_total(self) -> int:
         items = self._samples.items
-        return items[-1].total if items else 0
+        return items[-1][5] if items else 0
 
     def _current_bytes_by_category(self) -> list[int]:
         if self._active:
             return self._current_split()
         items = self._samples.items
-        return list(items[-1].bytes) if items else [0] * len(CATEGORIES)
+        return list(items[-1][4]) if items else [0] * len(CATEGORIES)
 
     def breakdown(self) -> pd.DataFrame:
         """One row per category: bytes current, peak (of that category), at_peak, predicted."""
@@ -1406,16 +1495,16 @@ class MemoryTracker:
         """One row per sample: time, step, phase, module, one column per category, total."""
         import pandas as pd
 
-        samples = self._samples.items
+        samples = self._samples.items  # tuples in Sample's field order
         data: dict[str, list[Any]] = {
-            "time": [s.time for s in samples],
-            "step": [s.step for s in samples],
-            "phase": [str(s.phase) for s in samples],
-            "module": [s.module for s in samples],
+            "time": [s[0] for s in samples],
+            "step": [s[1] for s in samples],
+            "phase": [str(s[2]) for s in samples],
+            "module": [s[3] for s in samples],
         }
         for i, category in enumerate(CATEGORIES):
-            data[str(category)] = [s.bytes[i] for s in samples]
-        data["total"] = [s.total for s in samples]
+            data[str(category)] = [s[4][i] for s in samples]
+        data["total"] = [s[5] for s in samples]
         frame = pd.DataFrame(data)
         for column in [str(c) for c in CATEGORIES] + ["step", "total"]:
             frame[column] = frame[column].astype("int64")
@@ -1471,7 +1560,7 @@ class MemoryTracker:
             "autocast_dtype": self.autocast_dtype,
             "attention_impl": self.attention_impl,
             "optimizer_class": self.optimizer_class,
-            "training": any(s.phase is Phase.BACKWARD for s in self._samples.items),
+            "training": self._saw_backward,
             "device": str(self.device),
         }
         return compare(self.breakdown(), context=context)

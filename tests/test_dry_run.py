@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
+from tiny_models import tiny as _tiny
 
 from profiler.errors import DryRunError, UsageError
 from profiler.predict.dryrun import dry_run
@@ -12,32 +13,6 @@ from profiler.tracker import track_memory
 
 transformers.logging.set_verbosity_error()
 ORIGINAL_TO = torch.nn.Module.to
-
-
-def _tiny(kind: str) -> torch.nn.Module:
-    if kind == "gpt2":
-        config = transformers.GPT2Config(
-            n_layer=2,
-            n_embd=64,
-            n_head=4,
-            vocab_size=1000,
-            n_positions=128,
-            bos_token_id=0,
-            eos_token_id=0,
-        )
-        return transformers.GPT2LMHeadModel(config)
-    config = transformers.LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=1000,
-        max_position_embeddings=128,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    return transformers.LlamaForCausalLM(config)
 
 
 def _step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:

@@ -20,18 +20,10 @@ from profiler.tracker import track_memory
     ],
 )
 def test_tiny_gpt2_steady_training_is_not_flagged(mode: str, steps: int) -> None:
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        n_layer=2,
-        n_embd=64,
-        n_head=4,
-        vocab_size=1000,
-        n_positions=64,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    model = transformers.GPT2LMHeadModel(config)
+    pytest.importorskip("transformers")
+    from tiny_models import tiny_gpt2
+
+    model = tiny_gpt2(n_positions=64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     losses = []
     with warnings.catch_warnings(record=True) as caught:

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 import transformers
+from tiny_models import tiny as _tiny
 
 from profiler.predict.compare import compare
 from profiler.predict.tracked import (
@@ -128,35 +129,6 @@ def test_never_raises() -> None:
     with pytest.warns(UserWarning):
         predicted = predict_tracked(object(), object(), batch=2, seq=3, training=True)
     assert set(predicted) == set(Category)
-
-
-def _tiny(kind: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    if kind == "gpt2":
-        return transformers.GPT2LMHeadModel(
-            transformers.GPT2Config(
-                n_layer=2,
-                n_embd=64,
-                n_head=4,
-                vocab_size=1000,
-                n_positions=128,
-                bos_token_id=0,
-                eos_token_id=0,
-            )
-        )
-    return transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=1000,
-            max_position_embeddings=128,
-            bos_token_id=0,
-            eos_token_id=0,
-        )
-    )
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])

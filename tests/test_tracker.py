@@ -111,9 +111,8 @@ def test_tied_weights_and_views_count_once() -> None:
             return self.head(self.embed(ids))
 
     model = Tied()
-    with track_memory(model, stream=False) as mem:
-        with torch.no_grad():
-            model(torch.randint(0, 100, (2, 5)))
+    with track_memory(model, stream=False) as mem, torch.no_grad():
+        model(torch.randint(0, 100, (2, 5)))
     assert row(mem, Category.WEIGHTS)["current"] == 100 * 16 * F32
 
     with track_memory(stream=False) as mem2:
@@ -268,10 +267,12 @@ def test_no_hook_left_behind_also_when_the_body_raises(mode: str) -> None:
     with track_memory(model, optimizer, mode=mode, stream=False):
         train(model, optimizer, torch.randn(4, 16), steps=1)
     assert _hook_state(model) == before
-    with pytest.raises(ValueError, match="boom"):
-        with track_memory(model, optimizer, mode=mode, stream=False):
-            model(torch.randn(4, 16)).sum().backward()
-            raise ValueError("boom")
+    with (
+        pytest.raises(ValueError, match="boom"),
+        track_memory(model, optimizer, mode=mode, stream=False),
+    ):
+        model(torch.randn(4, 16)).sum().backward()
+        raise ValueError("boom")
     assert _hook_state(model) == before
 
 

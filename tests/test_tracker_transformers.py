@@ -4,43 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import tiny_gpt2, tiny_llama
 
-from profiler import Category, track_memory
+from profiler import track_memory
 
 transformers = pytest.importorskip("transformers")
 
 F32 = 4
-
-
-def tiny_gpt2() -> torch.nn.Module:
-    config = transformers.GPT2Config(
-        n_layer=2,
-        n_embd=64,
-        n_head=4,
-        vocab_size=1000,
-        n_positions=128,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    torch.manual_seed(0)
-    return transformers.GPT2LMHeadModel(config).eval()
-
-
-def tiny_llama() -> torch.nn.Module:
-    config = transformers.LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=1000,
-        max_position_embeddings=128,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(config).eval()
 
 
 def kv_bytes(layers: int, kv_heads: int, head_dim: int, tokens: int, batch: int) -> int:
@@ -53,7 +23,7 @@ def kv_bytes(layers: int, kv_heads: int, head_dim: int, tokens: int, batch: int)
     ids=["gpt2", "llama-gqa"],
 )
 def test_generation_kv_cache_is_exact(build, layers: int, kv_heads: int, head_dim: int) -> None:  # type: ignore[no-untyped-def]
-    model = build()
+    model = build().eval()
     batch, prompt, new = 2, 5, 7
     ids = torch.randint(1, 1000, (batch, prompt))
     with track_memory(model, stream=False) as mem, torch.no_grad():

@@ -98,8 +98,9 @@ def _library_prefixes() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ..
     libraries = [os.path.dirname(torch.__file__), here, os.path.join(os.path.dirname(here), "tui")]
     for name in ("transformers", "accelerate", "peft"):
         module = sys.modules.get(name)
-        if module is not None and getattr(module, "__file__", None):
-            libraries.append(os.path.dirname(module.__file__))  # type: ignore[arg-type]
+        path = getattr(module, "__file__", None)
+        if isinstance(path, str):
+            libraries.append(os.path.dirname(path))
     import site
     import sysconfig
 

@@ -34,7 +34,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -51,6 +51,7 @@ from profiler.ledger import (
     TEMPORARIES,
     WEIGHTS,
     Ledger,
+    StorageEntry,
 )
 from profiler.records import (
     CATEGORIES,
@@ -411,7 +412,7 @@ class MemoryTracker:
             raise
         return self
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
         try:
             if self._active:
                 self._scan_kv_caches()
@@ -451,10 +452,10 @@ class MemoryTracker:
                 return torch.device("cuda", device)
             return torch.device(device)
         if model is not None:
-            for tensor in model.parameters():
-                return tensor.device
-            for tensor in model.buffers():
-                return tensor.device
+            for param in model.parameters():
+                return param.device
+            for buffer in model.buffers():
+                return buffer.device
         from profiler.backends import cuda
 
         if cuda.is_initialized():
@@ -1666,7 +1667,7 @@ class _Saved:
 
     __slots__ = ("entry", "ledger", "tensor")
 
-    def __init__(self, tensor: torch.Tensor, entry: Any, ledger: Ledger) -> None:
+    def __init__(self, tensor: torch.Tensor, entry: StorageEntry, ledger: Ledger) -> None:
         self.tensor = tensor
         self.entry = entry
         self.ledger = ledger
@@ -1676,7 +1677,7 @@ class _Saved:
         entry.saves -= 1
         if entry.saves <= 0 and entry.cat == ACTIVATIONS:
             ledger = self.ledger
-            if ledger.entries.get(entry.key) is entry:
+            if ledger.entries.get(entry.key) is entry:  # still alive and still this storage
                 ledger.reclassify(entry, TEMPORARIES, follow_peak=False)
 
 

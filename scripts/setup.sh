@@ -7,9 +7,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
-  for candidate in python3.12 python3.11 python3; do
-    if command -v "$candidate" >/dev/null 2>&1; then PY=$candidate; break; fi
+  # The first interpreter that really runs and is 3.11 or 3.12 (a pyenv shim can exist and fail).
+  for candidate in python3 python3.12 python3.11; do
+    if "$candidate" -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] <= (3, 12) else 1)' \
+        >/dev/null 2>&1; then
+      PY=$candidate
+      break
+    fi
   done
+fi
+if [ -z "$PY" ]; then
+  echo "setup.sh: needs Python 3.11 or 3.12 (set PYTHON=/path/to/python)" >&2
+  exit 1
 fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv

@@ -91,6 +91,8 @@ _STATS_LEN = 8
 #: Fast mode reads its counter at every module boundary only when a read costs less than this
 #: (CUDA's always qualifies; glibc's mallinfo2 walks the heap and can take 30 us in a big process).
 _MODULE_READ_BUDGET = 5e-6
+#: Events kept in memory (the session stream on disk has them all).
+_MAX_EVENTS = 10_000
 _PHASE_CODES = {Phase.IDLE: 0, Phase.FORWARD: 1, Phase.BACKWARD: 2, Phase.OPTIMIZER: 3}
 
 
@@ -1268,9 +1270,10 @@ class MemoryTracker:
         self._emit(event)
 
     def _emit(self, event: Event) -> None:
-        self.events.append(event)
-        if len(self.events) > 10_000:
-            del self.events[: len(self.events) - 10_000]
+        events = self.events
+        events.append(event)
+        if len(events) > _MAX_EVENTS + _MAX_EVENTS // 4:
+            del events[: len(events) - _MAX_EVENTS]  # in batches: amortised O(1) per event
         self._notify("on_event", event)
 
     def _notify(self, method: str, *args: Any) -> None:

@@ -151,8 +151,6 @@ class Ledger:
         self.record_sites = False
         #: Running maxima of the total, one per open module frame (innermost last).
         self.frames: list[int] = []
-        #: Activation bytes saved per module in the current step (innermost module only).
-        self.saved: dict[str, int] = {}
         self._libraries, self._site_packages, self._stdlib = _library_prefixes()
         self._free_cb = self._free
 
@@ -181,10 +179,7 @@ class Ledger:
         return self._add(storage, tensor, cat)
 
     def _add(self, storage: Any, tensor: torch.Tensor, cat: int) -> StorageEntry:
-        nbytes = storage.nbytes()
-        r = self.rounding
-        if r > 1 and nbytes:
-            nbytes = -(-nbytes // r) * r
+        nbytes = self.size_of(storage)
         total = self.total + nbytes
         if self.capacity is not None and total > self.capacity:
             self._overflow(nbytes)

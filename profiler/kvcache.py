@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["cache_tensors", "find_caches", "is_cache_object"]
+__all__ = ["cache_positions", "cache_tensors", "find_caches", "is_cache_object"]
 
 _MAX_DEPTH = 5
 #: Where a model's inputs and outputs carry their KV cache, newest transformers name first.
@@ -57,6 +57,11 @@ def cache_tensors(
         if attributes:
             for item in attributes.values():
                 yield from cache_tensors(item, _depth + 1, _seen)
+
+
+def cache_positions(obj: Any) -> int:
+    """Positions a cache holds per sequence: the longest dim -2 of its (batch, heads, T, dim)."""
+    return max((int(t.shape[-2]) for t in cache_tensors(obj) if t.dim() >= 3), default=0)
 
 
 def _is_legacy_past(value: Any) -> bool:

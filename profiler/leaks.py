@@ -32,8 +32,11 @@ surviving tensors once at its end: a fraction of a second in a program with ~300
 objects, paid on at most ``max_hunts`` hunts per session and only after growth is suspected.
 
 Known limits: a cache with a cap that fills for longer than ``window`` steps is reported until it
-plateaus, then cleared; a KV cache that grows because steps end per generated token (call
-``mem.step()`` per request, not per token) looks like one that is never reset; a tensor that grows in place by reassignment (``self.x = torch.cat(...)``)
+plateaus, then cleared; a KV cache that grows within one generation (steps may end per generated
+token) is left out of the growth test until a prompt is fed to a cache that already holds
+positions (``tracker.kv_cache_reused``: then a growing cache is the not-reset pattern, and a
+conversation that deliberately keeps its cache looks the same); a tensor that grows in place by
+reassignment (``self.x = torch.cat(...)``)
 has no surviving old storage, so its site is the creation site of the newest storage; a holder
 reached only through C++ objects (the autograd graph itself) is found through the Python tensor
 that owns that graph.
@@ -77,6 +80,7 @@ __all__ = [
 ]
 
 TOTAL = "total"
+_KV = CATEGORIES.index(Category.KV_CACHE)
 _SERIES: tuple[str, ...] = (*(str(c) for c in CATEGORIES), TOTAL)
 _MUTATORS = frozenset(
     {
@@ -915,6 +919,11 @@ class LeakDetector:
         self._last = record
         self._durations.append(record.duration)
         values = (*record.bytes, record.total)
+        if getattr(self.tracker, "kv_cache_reused", True) is False:
+            # A cache that only grows within a generation (steps may end per generated token)
+            # is no leak: leave it out until a prompt is fed to a cache that was not reset.
+            kv = record.bytes[_KV]
+            values = (*record.bytes[:_KV], 0, *record.bytes[_KV + 1 :], record.total - kv)
         hunting = self._hunt_start is not None
         if hunting and self._hunt_series is not None:
             # fast mode with the exact ledger on: other figures, kept in their own series

@@ -40,7 +40,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from profiler.errors import TrackingError, UsageError
-from profiler.kvcache import cache_tensors, find_caches
+from profiler.kvcache import cache_positions, cache_tensors, find_caches
 from profiler.ledger import (
     ACTIVATIONS,
     BUFFERS,
@@ -316,6 +316,9 @@ class MemoryTracker:
         self.observed_seq: int | None = None
         #: Positions per sequence held by the largest KV cache seen (``None``: no cache seen).
         self.kv_tokens: int | None = None
+        #: Whether a prompt was fed to a KV cache that already held positions. Until then a
+        #: growing cache is a generation in progress (steps may end per token), not a leak.
+        self.kv_cache_reused = False
         self.autocast_dtype: torch.dtype | None = None
         self.checkpointing: bool | None = None
         self.attention_impl: str | None = None
@@ -397,6 +400,7 @@ class MemoryTracker:
         self._saw_backward = False
         self._oom_observer = None
         self.kv_tokens = None
+        self.kv_cache_reused = False
         self.start_time = time.time()
         self._step_start = time.perf_counter()
         self._active = True
@@ -827,8 +831,12 @@ class MemoryTracker:
 
     def _root_pre(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict) -> None:
         try:
-            self._observe_inputs(args, kwargs)
+            seq = self._observe_inputs(args, kwargs)
             for value in find_caches(kwargs):
+                if seq is not None and seq > 1 and not self.kv_cache_reused:
+                    # a prompt (several tokens) fed to a cache that already holds some: the
+                    # cache was not reset between generations (or a conversation goes on)
+                    self.kv_cache_reused = cache_positions(value) > 0
                 self.mark_kv_cache(value)
         except Exception as error:
             self._fail("input inspection", error)
@@ -844,19 +852,23 @@ class MemoryTracker:
         except Exception as error:
             self._fail("kv cache detection", error)
 
-    def _observe_inputs(self, args: tuple[Any, ...], kwargs: dict) -> None:
+    def _observe_inputs(self, args: tuple[Any, ...], kwargs: dict) -> int | None:
         """The root model's batch (latest call) and sequence length (longest call) from its input.
 
         The input is the first tensor argument, or ``input_ids`` / ``inputs_embeds``; its dim 0 is
         the batch, and dim 1 the sequence for token ids (integers) or for 3-d float inputs.
+        Returns this call's sequence length (``None`` where there is none).
         """
         candidates = list(args) + [kwargs.get("input_ids"), kwargs.get("inputs_embeds")]
         for value in candidates:
             if isinstance(value, torch.Tensor) and value.dim() >= 1:
                 self.observed_batch = int(value.shape[0])
                 if (value.dim() == 2 and not value.is_floating_point()) or value.dim() >= 3:
-                    self.observed_seq = max(self.observed_seq or 0, int(value.shape[1]))
-                return
+                    seq = int(value.shape[1])
+                    self.observed_seq = max(self.observed_seq or 0, seq)
+                    return seq
+                return None
+        return None
 
     def _hook_outputs(self, name: str, output: Any) -> None:
         """Tensor hooks on a module's outputs: their gradient marks the module's backward start."""
@@ -1217,14 +1229,10 @@ class MemoryTracker:
 
     def _claim_kv(self, obj: Any) -> None:
         ledger = self.ledger
-        tokens = 0
         for tensor in cache_tensors(obj):
             if self._is_wanted(tensor):
                 ledger.claim(tensor, KV_CACHE, only_from=(TEMPORARIES, ACTIVATIONS, OTHER))
-                if tensor.dim() >= 3:
-                    # (batch, kv_heads, positions, head_dim): positions held per sequence
-                    tokens = max(tokens, int(tensor.shape[-2]))
-        self.kv_tokens = max(self.kv_tokens or 0, tokens)
+        self.kv_tokens = max(self.kv_tokens or 0, cache_positions(obj))
 
     # ================================================================== leak hunt
 

@@ -82,6 +82,7 @@ _RESIZE_OPS = frozenset(
     id(op) for op in (_aten.resize_.default, _aten.resize_as_.default, _aten.set_.source_Storage)
 )
 _graph_task_id = torch._C._current_graph_task_id
+_is_compiling = torch.compiler.is_compiling
 Tensor = torch.Tensor
 # Per-module statistics, one list of ints per module FQN: calls; activation bytes saved by the
 # module itself in this step and the most in any step; the same with its descendants; the highest
@@ -717,6 +718,8 @@ class MemoryTracker:
 
     def _fast_pre(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
         """Fast mode's module pre-hook: the lean path (one counter read, no per-op work)."""
+        if _is_compiling():
+            return None  # traced by torch.compile: stay out of the graph (no graph break)
         if not self._fast or "module hooks" in self._disabled:
             return self._forward_pre(module, args)  # a leak hunt runs the exact ledger
         if threading.get_ident() != self._thread:
@@ -745,6 +748,8 @@ class MemoryTracker:
 
     def _fast_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         """Fast mode's module post-hook: the lean path."""
+        if _is_compiling():
+            return None  # traced by torch.compile: stay out of the graph (no graph break)
         if not self._fast or "module hooks" in self._disabled:
             return self._forward_post(module, args, output)
         stack = self._module_stack
@@ -777,6 +782,8 @@ class MemoryTracker:
         return None
 
     def _forward_pre(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        if _is_compiling():
+            return None  # traced by torch.compile: stay out of the graph (no graph break)
         if "module hooks" in self._disabled or threading.get_ident() != self._thread:
             return
         try:
@@ -802,6 +809,8 @@ class MemoryTracker:
             self._fail("module hooks", error)
 
     def _forward_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if _is_compiling():
+            return None  # traced by torch.compile: stay out of the graph (no graph break)
         if "module hooks" in self._disabled or threading.get_ident() != self._thread:
             return
         try:
@@ -830,6 +839,8 @@ class MemoryTracker:
             self._fail("module hooks", error)
 
     def _root_pre(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict) -> None:
+        if _is_compiling():
+            return None  # traced by torch.compile: stay out of the graph (no graph break)
         try:
             seq = self._observe_inputs(args, kwargs)
             for value in find_caches(kwargs):
@@ -842,6 +853,8 @@ class MemoryTracker:
             self._fail("input inspection", error)
 
     def _root_post(self, module: torch.nn.Module, args: Any, kwargs: dict, output: Any) -> None:
+        if _is_compiling():
+            return None  # traced by torch.compile: stay out of the graph (no graph break)
         try:
             if self.mode == "fast" and not self._exact_on and torch.is_grad_enabled():
                 # fast mode's one backward hook: the root output's gradient starts the backward
@@ -1005,6 +1018,10 @@ class MemoryTracker:
                 self.optimizer_class = self.optimizer_class or type(optimizer).__name__
             if self._phase_code == 2:
                 self._backward_done()
+            elif self.mode == "fast":
+                # no backward end seen (a compiled model's root hooks are traced away): the
+                # gradients are claimed here, before the step reads them
+                self._claim_model_grads()
             self._scan_optimizers(state=False)
             self._set_phase(Phase.OPTIMIZER)
         except Exception as error:

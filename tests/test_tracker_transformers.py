@@ -101,13 +101,18 @@ def test_custom_cache_marked_by_hand() -> None:
     assert mem.breakdown().loc["temporaries", "current"] == 0
 
 
-def test_torch_compile_keeps_working_and_is_measured_per_step() -> None:
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_torch_compile_keeps_working_and_is_measured_per_step(mode: str) -> None:
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     compiled = torch.compile(model, backend="aot_eager")
     x = torch.randn(8, 16)
     expected = model(x).detach()
-    with track_memory(model, optimizer, stream=False) as mem:
+    with track_memory(model, optimizer, mode=mode, stream=False) as mem:
         for _ in range(3):
             out = compiled(x)
             out.sum().backward()
@@ -119,3 +124,6 @@ def test_torch_compile_keeps_working_and_is_measured_per_step() -> None:
     assert mem.breakdown().loc["gradients", "peak"] == params
     assert {str(s.phase) for s in mem.samples} >= {"forward", "optimizer"}
     assert out.shape == expected.shape
+    if mode == "fast":  # compiled inside the block: one graph, and gpumem's hooks broke none
+        assert counters["stats"]["unique_graphs"] == 1
+    assert dict(counters["graph_break"]) == {}

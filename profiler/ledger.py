@@ -208,14 +208,7 @@ class Ledger:
             self.category_peak[cat] = current[cat]
             self.category_peak_seq[cat] = self.seq
         self.total = total
-        if total > self.window_peak:
-            self.window_peak = total
-            self.window_at_peak = current[:]
-            self.window_seq = self.seq
-            if total > self.peak:
-                self.peak = total
-                self.at_peak = self.window_at_peak
-                self.peak_seq = self.seq
+        self._check_peaks(total, current)
         frames = self.frames
         if frames and total > frames[-1]:
             frames[-1] = total
@@ -335,6 +328,7 @@ class Ledger:
         return None if entry is None else entry.cat
 
     def _check_peaks(self, total: int, split: list[int]) -> None:
+        """A new high of the step (window) and maybe of the run: keep the split at that moment."""
         if total > self.window_peak:
             self.window_peak = total
             self.window_at_peak = split[:]

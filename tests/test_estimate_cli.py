@@ -5,26 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from spec import REQUIRED_GPUS
 
 from profiler.predict.estimate import estimate
 from profiler.predict.gpus import find_gpu
 from tui.cli import main
 from tui.commands.estimate import TABLE_GPUS
-
-REQUIRED_GPUS = [
-    "RTX 3090",
-    "RTX 4090",
-    "RTX 5090",
-    "A10",
-    "L4",
-    "L40S",
-    "A100 40GB",
-    "A100 80GB",
-    "H100 80GB",
-    "H200 141GB",
-    "B200",
-    "MI300X",
-]
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

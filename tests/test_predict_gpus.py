@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from spec import REQUIRED_GPUS
 
 from profiler.errors import UnknownNameError
 from profiler.predict.gpus import GPUS, find_gpu
 from profiler.units import MiB
 
-REQUIRED = [
-    "RTX 3090",
-    "RTX 4090",
-    "RTX 5090",
-    "A10",
-    "L4",
-    "L40S",
-    "A100 40GB",
-    "A100 80GB",
-    "H100 80GB",
-    "H200 141GB",
-    "B200",
-    "MI300X",
-]
-
 
 def test_catalog_has_the_required_gpus() -> None:
     names = {g.name for g in GPUS}
-    assert set(REQUIRED) <= names
+    assert set(REQUIRED_GPUS) <= names
 
 
 @pytest.mark.parametrize(

@@ -650,9 +650,9 @@ def _device_facts(
     tracker: Any, capacity_given: bool
 ) -> tuple[int, int, bool, int, tuple[int, ...]]:
     """overhead, cached_free, fragmented, other processes' bytes and pids, from the device."""
-    failure = getattr(tracker, "failure", None) or {}
+    failure = tracker.failure
     device = getattr(tracker, "device", None)
-    if getattr(device, "type", "cpu") != "cuda" or failure.get("simulated"):
+    if getattr(device, "type", "cpu") != "cuda" or (failure is not None and failure.simulated):
         return 0, 0, False, 0, ()
     samples = list(getattr(tracker, "samples", []) or [])
     last = samples[-1] if samples else None
@@ -677,36 +677,20 @@ def _device_facts(
         pids = tuple(p.pid for p in rows)
     except Exception:  # noqa: BLE001 - NVML is optional
         pass
-    requested = failure.get("requested")
+    requested = failure.requested if failure is not None else None
     fragmented = requested is not None and 0 < requested <= cached_free
-    if failure and failure.get("capacity") and failure.get("free") is not None:
-        tracked = int(failure.get("total") or 0)
-        overhead = max(int(failure["capacity"]) - int(failure["free"]) - tracked, 0)
+    if failure is not None and failure.capacity and failure.free is not None:
+        overhead = max(failure.capacity - failure.free - failure.total, 0)
     elif nvml is not None and nvml.process_used is not None and allocator is not None:
         overhead = max(int(nvml.process_used) - int(allocator.allocated), 0)
         if not capacity_given:
             overhead += others
     else:
         overhead = 0
-    if capacity_given and failure:
+    if capacity_given and failure is not None:
         overhead = max(overhead - others, 0)
         others = 0
     return overhead, cached_free, fragmented, others, pids
-
-
-def _bytes_at_failure(tracker: Any, failure: Mapping[str, Any]) -> tuple[int, ...]:
-    """The bytes per category when the allocation failed: the sample the tracker took then."""
-    samples = list(getattr(tracker, "samples", []) or [])
-    total = failure.get("total")
-    for sample in reversed(samples):
-        if sample.total == total:
-            return tuple(int(v) for v in sample.bytes)
-    when = failure.get("time")
-    if samples and isinstance(when, int | float):
-        closest = min(reversed(samples), key=lambda s: abs(s.time - when))
-        return tuple(int(v) for v in closest.bytes)
-    current = tuple(int(v) for v in getattr(tracker.ledger, "current", ()))
-    return current if len(current) == _N else (0,) * _N
 
 
 def _kv_positions(tracker: Any) -> int | None:
@@ -747,12 +731,12 @@ def facts_from_tracker(tracker: Any, capacity: int | None = None) -> RunFacts:
     at_peak = tuple(int(v) for v in getattr(ledger, "at_peak", ()) or ())
     if len(at_peak) == _N:
         moments.append(Moment(peak_phase(at_peak), at_peak))
-    failure = getattr(tracker, "failure", None)
-    if failure and failure.get("requested"):
+    failure = tracker.failure
+    if failure is not None and failure.requested:
         # The allocation that failed, charged as a temporary on top of the bytes at the failure.
-        at_failure = list(_bytes_at_failure(tracker, failure))
-        at_failure[t] += int(failure["requested"])
-        moments.append(Moment(str(failure.get("phase") or Phase.FORWARD), tuple(at_failure)))
+        at_failure = [int(v) for v in failure.sample.bytes]
+        at_failure[t] += failure.requested
+        moments.append(Moment(str(failure.phase), tuple(at_failure)))
 
     training = any(str(m.phase) == str(Phase.BACKWARD) for m in moments[: len(moments)])
     category_peak = list(getattr(ledger, "category_peak", [0] * _N))
@@ -770,8 +754,8 @@ def facts_from_tracker(tracker: Any, capacity: int | None = None) -> RunFacts:
     layers, inputs = _layer_groups(*_module_activations(tracker))
     if capacity is None:
         capacity = getattr(tracker, "capacity", None)
-        if capacity is None and failure and failure.get("capacity"):
-            capacity = int(failure["capacity"])
+        if capacity is None and failure is not None and failure.capacity:
+            capacity = failure.capacity
         capacity_given = False
     else:
         capacity_given = True

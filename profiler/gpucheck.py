@@ -493,7 +493,7 @@ class Kit:
             and notice.requested >= total
             and ooms == 1
             and failure is not None
-            and not failure.get("simulated", True)
+            and not failure.simulated
         )
         self.check("real_oom_captured", captured, requested=request)
         taken = observer.snapshots[-1] if observer.snapshots else None
@@ -507,7 +507,10 @@ class Kit:
             },
             "snapshot_segments_at_failure": at_failure,
             "num_ooms_delta": ooms,
-            "tracker_failure": failure,
+            "tracker_failure": None if failure is None else {
+                "source": str(failure.source), "requested": failure.requested,
+                "total": failure.total, "capacity": failure.capacity, "free": failure.free,
+            },
             "oom_events": len(events),
             "oom_report": getattr(mem, "oom_report", None) is not None,
         }  # fmt: skip

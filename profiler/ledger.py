@@ -18,14 +18,13 @@ import os
 import sys
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 import torch
 
 from profiler.errors import SimulatedOutOfMemoryError
-from profiler.records import CATEGORIES, Category
+from profiler.records import CATEGORIES, Category, LiveStorage
 
 __all__ = ["BIG_STORAGE_BYTES", "Ledger", "LiveStorage", "StorageEntry"]
 
@@ -70,20 +69,6 @@ class StorageEntry(weakref.ref):
     step: int
     saves: int
     site: tuple[tuple[str, int], ...] | None
-    shape: tuple[int, ...] | None
-    dtype: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class LiveStorage:
-    """A storage alive now, as the analysers (leaks, OOM report) see it."""
-
-    nbytes: int
-    category: Category
-    module: str | None
-    step: int
-    site: str | None
-    stack: tuple[str, ...] | None
     shape: tuple[int, ...] | None
     dtype: str | None
 

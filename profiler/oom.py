@@ -61,16 +61,6 @@ MAX_TENSORS = 20
 # -- building ---------------------------------------------------------------------------------
 
 
-def _failure_sample(samples: list[Sample], failure: dict[str, Any]) -> Sample | None:
-    """The sample taken at the failure (the one closest in time), or the last one."""
-    if not samples:
-        return None
-    when = failure.get("time")
-    if not isinstance(when, int | float):
-        return samples[-1]
-    return min(reversed(samples), key=lambda s: abs(s.time - when))
-
-
 def _thin(samples: list[Sample], limit: int) -> list[Sample]:
     """At most ``limit`` samples, evenly spread, always keeping the highest and the last."""
     if len(samples) <= limit:
@@ -166,9 +156,9 @@ def _processes(tracker: Any) -> tuple[ProcessRow, ...] | None:
 
 
 def _tensors(tracker: Any) -> tuple[TensorRow, ...]:
-    failure = getattr(tracker, "failure", None) or {}
-    live = failure.get("live")
-    if live is None:
+    failure = tracker.failure
+    live = failure.live if failure is not None else None
+    if not live:
         try:
             live = tracker.ledger.live_storages()
         except Exception:  # noqa: BLE001
@@ -220,19 +210,24 @@ def build_report(tracker: Any, exc: BaseException | None = None) -> OomReport:
     """The post-mortem of ``tracker``'s out-of-memory failure (not written anywhere yet)."""
     from profiler.advice import facts_from_tracker, rank
 
-    failure = dict(getattr(tracker, "failure", None) or {})
+    failure = tracker.failure
     samples: list[Sample] = list(getattr(tracker, "samples", []) or [])
     ledger = tracker.ledger
-    at_failure = _failure_sample(samples, failure)
+    at_failure = failure.sample if failure is not None else (samples[-1] if samples else None)
     current = tuple(at_failure.bytes) if at_failure is not None else tuple(ledger.current)
-    capacity = failure.get("capacity") or getattr(tracker, "capacity", None)
+    capacity = (failure.capacity if failure is not None else None) or getattr(
+        tracker, "capacity", None
+    )
     capacity = None if capacity is None else int(capacity)
-    total = failure.get("total")
-    total = sum(current) if total is None else int(total)
-    free = failure.get("free")
+    total = failure.total if failure is not None else sum(current)
+    free = failure.free if failure is not None else None
     if free is None and capacity is not None:
         free = max(capacity - total, 0)
-    simulated = bool(failure.get("simulated", type(exc).__name__ == "SimulatedOutOfMemoryError"))
+    simulated = (
+        failure.simulated
+        if failure is not None
+        else type(exc).__name__ == "SimulatedOutOfMemoryError"
+    )
     predicted = getattr(tracker, "predicted", {}) or {}
     explain = _gap_explainer(tracker, samples)
     breakdown = tuple(
@@ -282,18 +277,18 @@ def build_report(tracker: Any, exc: BaseException | None = None) -> OomReport:
     if getattr(device, "type", None) != "cuda" and not simulated:
         notes.append("no GPU: the waterfall shows tracked tensors only")
     return OomReport(
-        created=float(failure.get("time") or time.time()),
+        created=failure.time if failure is not None else time.time(),
         simulated=simulated,
         message=str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else "",
         device=str(device) if device is not None else "unknown",
         gpu_name=getattr(tracker, "gpu_name", None),
         capacity=capacity,
-        requested=None if failure.get("requested") is None else int(failure["requested"]),
+        requested=failure.requested if failure is not None else None,
         free=None if free is None else int(free),
         total=total,
-        phase=failure.get("phase"),
-        step=failure.get("step"),
-        module=failure.get("module"),
+        phase=str(failure.phase) if failure is not None else None,
+        step=failure.step if failure is not None else None,
+        module=failure.module if failure is not None else None,
         peak=int(getattr(ledger, "peak", 0)) or None,
         run=run,
         categories=tuple(str(c) for c in CATEGORIES),
@@ -369,8 +364,9 @@ def _save_snapshot(tracker: Any, directory: Path, stem: str) -> str | None:
 
     from profiler.backends import cuda
 
-    failure = getattr(tracker, "failure", None) or {}
-    snapshot = failure.get("snapshot")  # taken by the allocator's OOM observer, if it ran
+    failure = tracker.failure
+    # taken by the allocator's OOM observer, if it ran
+    snapshot = failure.snapshot if failure is not None else None
     if snapshot is None:
         if not cuda.is_initialized():
             return None

@@ -26,8 +26,10 @@ categories are still measured, and fast mode's counter sees everything.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -59,9 +61,15 @@ from profiler.records import (
     Category,
     Event,
     EventKind,
+    Failure,
+    FailureSource,
+    LiveStorage,
+    ModuleActivity,
     NvmlReading,
+    Peaks,
     Phase,
     Sample,
+    SessionInfo,
     StepRecord,
 )
 from profiler.units import format_bytes, parse_bytes
@@ -328,7 +336,7 @@ class MemoryTracker:
         self.end_time: float | None = None
         self.session_dir: Any = None
         self.oom_report: Any = None
-        self.failure: dict[str, Any] | None = None
+        self.failure: Failure | None = None
         self.predicted: dict[Category, int | None] = {c: None for c in CATEGORIES}
         self.record_sites = False
         self.hunting = False
@@ -1113,7 +1121,7 @@ class MemoryTracker:
             return self._fast_observe()
         return self.ledger.current[:]
 
-    def _sample(self, phase: Phase | None = None) -> tuple[Any, ...]:
+    def _sample(self, phase: Phase | None = None, *, readings: bool = True) -> tuple[Any, ...]:
         """Take a sample (labelled with ``phase``, by default the phase in flight).
 
         Kept as a plain tuple in :class:`Sample`'s field order (the hot path builds no record);
@@ -1121,7 +1129,7 @@ class MemoryTracker:
         """
         split = self._current_split()
         stack = self._module_stack
-        if self._on_cuda:
+        if self._on_cuda and readings:
             allocator, nvml = self._allocator_reading(), self._nvml_reading()
         else:
             allocator = nvml = None
@@ -1370,43 +1378,61 @@ class MemoryTracker:
     def _on_cuda_oom(self, notice: Any) -> None:
         """Allocator callback at a real CUDA OOM: record the failure (runs inside the allocator)."""
         try:
-            self.failure = {
-                "requested": notice.requested,
-                "total": self.ledger.total if self.mode == "exact" else self._last_total(),
-                "capacity": notice.device_total,
-                "free": notice.device_free,
-                "phase": str(self._phase),
-                "step": self._step,
-                "module": self._module_stack[-1] if self._module_stack else self.ledger.module,
-                "time": time.time(),
-                "simulated": False,
-                "live": self.ledger.live_storages()[:50],
-            }
+            self._capture_failure(
+                FailureSource.ALLOCATOR,
+                requested=notice.requested,
+                capacity=notice.device_total,
+                free=notice.device_free,
+                readings=False,
+            )
         except Exception as error:  # never raise inside the allocator
             self._fail("cuda oom observer", error)
 
     def _on_overflow(self, requested: int, total: int) -> None:
         capacity = self.capacity or 0
-        self.failure = {
-            "requested": requested,
-            "total": total,
-            "capacity": capacity,
-            "free": max(capacity - total, 0),
-            "phase": str(self._phase),
-            "step": self._step,
-            "module": self.ledger.module,
-            "time": time.time(),
-            "simulated": True,
-            "live": self.ledger.live_storages()[:50],
-        }
-        self._sample()
+        self._capture_failure(
+            FailureSource.SIMULATED,
+            requested=requested,
+            capacity=capacity,
+            free=max(capacity - total, 0),
+        )
+
+    def _capture_failure(
+        self,
+        source: FailureSource,
+        *,
+        requested: int | None,
+        capacity: int | None,
+        free: int | None,
+        readings: bool = True,
+    ) -> Failure:
+        """The one place a :class:`Failure` is built: the sample at the failure is taken first."""
+        sample = Sample(*self._sample(readings=readings))
+        self.failure = Failure(
+            source=source,
+            sample=sample,
+            requested=requested,
+            capacity=capacity,
+            free=free,
+            live=tuple(self.ledger.live_storages()[:50]),
+        )
+        return self.failure
 
     def _handle_oom(self, exc: BaseException) -> None:
         if self.failure is None:
-            self.failure = _parse_cuda_oom(str(exc), self)
+            requested, capacity, free = _parse_cuda_oom(str(exc))
+            self._capture_failure(
+                FailureSource.EXCEPTION, requested=requested, capacity=capacity, free=free
+            )
         observer = self._oom_observer
-        if observer is not None and observer.snapshots and observer.snapshots[-1] is not None:
-            self.failure.setdefault("snapshot", observer.snapshots[-1])
+        if (
+            self.failure is not None
+            and observer is not None
+            and observer.snapshots
+            and observer.snapshots[-1] is not None
+            and self.failure.snapshot is None
+        ):
+            self.failure = dataclasses.replace(self.failure, snapshot=observer.snapshots[-1])
         try:
             from profiler.oom import handle_oom
         except ImportError:
@@ -1460,6 +1486,71 @@ class MemoryTracker:
             self.predicted[category] = None if value is None else int(value)
 
     # ================================================================== results
+
+    @property
+    def info(self) -> SessionInfo:
+        """The run's facts as seen so far (a fresh immutable record each call)."""
+        device = self.device
+        autocast = self.autocast_dtype
+        return SessionInfo(
+            name=self.name,
+            mode=self.mode,
+            device=str(device),
+            device_type=device.type,
+            device_index=device.index,
+            rounding=self.rounding,
+            capacity=self.capacity,
+            gpu_name=self.gpu_name,
+            pid=self.pid,
+            step=self._step,
+            model_class=self.model_class,
+            param_count=self.param_count,
+            trainable_param_count=self.trainable_param_count,
+            optimizer_class=self.optimizer_class,
+            observed_batch=self.observed_batch,
+            observed_seq=self.observed_seq,
+            kv_tokens=self.kv_tokens,
+            kv_cache_reused=self.kv_cache_reused,
+            autocast_dtype=None if autocast is None else str(autocast).removeprefix("torch."),
+            checkpointing=self.checkpointing,
+            attention_impl=self.attention_impl,
+            training=self._saw_backward,
+            start_time=self.start_time,
+            end_time=self.end_time,
+            session_dir=None if self.session_dir is None else str(self.session_dir),
+            home=None if self._home is None else os.fspath(self._home),
+        )
+
+    @property
+    def peaks(self) -> Peaks:
+        """The highest total, its split, each category's own highest, and the bytes now."""
+        ledger = self.ledger
+        return Peaks(
+            total=int(ledger.peak),
+            at_peak=tuple(int(v) for v in ledger.at_peak),
+            by_category=tuple(int(v) for v in ledger.category_peak),
+            current=tuple(int(v) for v in self._current_bytes_by_category()),
+        )
+
+    def module_activity(self) -> list[ModuleActivity]:
+        """One record per module seen, in the order first seen."""
+        measured = self._module_frames
+        exact = self.mode == "exact"
+        return [
+            ModuleActivity(
+                name=name,
+                calls=s[_CALLS],
+                activations=max(s[_OWN], s[_OWN_MAX]) if measured else None,
+                activations_inclusive=max(s[_INCL], s[_INCL_MAX]) if measured else None,
+                forward_peak=s[_FWD_PEAK] if measured else None,
+                backward_peak=s[_BWD_PEAK] if exact else None,
+            )
+            for name, s in list(self._module_stats.items())
+        ]
+
+    def live_storages(self) -> list[LiveStorage]:
+        """Every storage the ledger holds now, largest first."""
+        return self.ledger.live_storages()
 
     @property
     def samples(self) -> list[Sample]:
@@ -1746,27 +1837,27 @@ def _default_name() -> str:
     return base or "python"
 
 
-def _parse_cuda_oom(message: str, tracker: MemoryTracker) -> dict[str, Any]:
-    """What a real CUDA OOM message says: requested, capacity and free bytes where present."""
-    import re
+def _parse_cuda_oom(message: str) -> tuple[int | None, int | None, int | None]:
+    """What a CUDA OOM message says: (requested, capacity, free) bytes, ``None`` where absent.
 
+    Reads torch's wording: "Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.11 GiB
+    of which 1.50 GiB is free."
+    """
     units = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
 
     def grab(pattern: str) -> int | None:
         match = re.search(pattern, message)
         if match is None:
             return None
-        return int(float(match.group(1)) * units.get(match.group(2), 1))
+        try:
+            value = float(match.group(1)) * units[match.group(2)]
+        except (ValueError, OverflowError):
+            return None
+        return int(value) if math.isfinite(value) else None
 
-    size = r"([0-9.]+) (B|KiB|MiB|GiB|TiB)"
-    return {
-        "requested": grab(r"Tried to allocate " + size),
-        "total": tracker.ledger.total if tracker.mode == "exact" else tracker._last_total(),
-        "capacity": grab(r"total capacity of " + size),
-        "free": grab(size + r" is free"),
-        "phase": str(tracker._phase),
-        "step": tracker._step,
-        "module": tracker._module_stack[-1] if tracker._module_stack else tracker.ledger.module,
-        "time": time.time(),
-        "simulated": False,
-    }
+    size = r"([0-9]+(?:\.[0-9]+)?) (B|KiB|MiB|GiB|TiB)"
+    return (
+        grab(r"Tried to allocate " + size),
+        grab(r"total capacity of " + size),
+        grab(size + r" is free"),
+    )

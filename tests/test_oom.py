@@ -117,9 +117,9 @@ def test_error_reaches_the_user_unchanged_and_the_report_is_written(home):
     failure = mem.failure
     assert failure is not None
     assert (info.value.requested, info.value.capacity, info.value.total) == (
-        failure["requested"],
+        failure.requested,
         parse_bytes(CAPACITY),
-        failure["total"],
+        failure.total,
     )
     messages = [str(w.message) for w in caught if "report written to" in str(w.message)]
     assert len(messages) == 1
@@ -134,13 +134,14 @@ def test_error_reaches_the_user_unchanged_and_the_report_is_written(home):
 
     assert report.simulated is True
     assert report.capacity == parse_bytes(CAPACITY)
-    assert report.requested == failure["requested"]
-    assert report.total == failure["total"]
-    assert report.free == parse_bytes(CAPACITY) - failure["total"]
+    assert report.requested == failure.requested
+    assert report.total == failure.total
+    assert report.free == parse_bytes(CAPACITY) - failure.total
     assert (report.phase, report.step) == ("backward", 1)
     assert report.run.batch == BATCH
     assert report.run.optimizer_class == "AdamW"
-    at_failure = next(s for s in mem.samples if s.total == failure["total"])
+    at_failure = failure.sample
+    assert at_failure in mem.samples and at_failure.total == failure.total
     assert tuple(r.current for r in report.breakdown) == at_failure.bytes
     assert [r.category for r in report.breakdown] == [str(c) for c in CATEGORIES]
     assert report.breakdown[3].current == report.breakdown[3].predicted  # optimizer state
@@ -167,7 +168,7 @@ def test_error_reaches_the_user_unchanged_and_the_report_is_written(home):
     events = [e for e in mem.events if e.kind is EventKind.OOM]
     assert len(events) == 1
     assert events[0].data["path"] == str(report.path)
-    assert events[0].data["requested"] == failure["requested"]
+    assert events[0].data["requested"] == failure.requested
 
 
 def test_the_report_renders_in_every_format_from_its_session(capsys):
@@ -176,7 +177,7 @@ def test_the_report_renders_in_every_format_from_its_session(capsys):
     session = str(mem.session_dir)
     assert main(["report", session, "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["requested"] == mem.failure["requested"]
+    assert data["requested"] == mem.failure.requested
     assert main(["report", session]) == 0
     assert capsys.readouterr().out.startswith("# gpumem OOM report: Simulated out of memory")
     assert main(["report", Path(session).name, "--format", "html"]) == 0

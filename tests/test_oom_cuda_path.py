@@ -9,6 +9,7 @@ snapshot.
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import warnings
 from pathlib import Path
@@ -19,7 +20,15 @@ import torch
 from profiler.advice import facts_from_tracker, rank
 from profiler.ledger import LiveStorage
 from profiler.oom import handle_oom
-from profiler.records import AllocatorReading, Category, Phase, Sample, StepRecord
+from profiler.records import (
+    AllocatorReading,
+    Category,
+    Failure,
+    FailureSource,
+    Phase,
+    Sample,
+    StepRecord,
+)
 from tui.cli import main
 
 GiB = 1024**3
@@ -80,18 +89,14 @@ class ScriptedTracker:
                 ),
             ],
         )
-        self.failure = {
-            "requested": 2 * GiB,
-            "total": 70 * GiB,
-            "capacity": 80 * GiB,
-            "free": 1 * GiB,
-            "phase": "backward",
-            "step": 0,
-            "module": "model.layers.3",
-            "time": 101.0,
-            "simulated": False,
-            "snapshot": SNAPSHOT,
-        }
+        self.failure = Failure(
+            source=FailureSource.ALLOCATOR,
+            sample=self.samples[-1],
+            requested=2 * GiB,
+            capacity=80 * GiB,
+            free=1 * GiB,
+            snapshot=SNAPSHOT,
+        )
         self.events: list = []
 
     def emit(self, event) -> None:
@@ -182,7 +187,7 @@ def test_long_timelines_are_thinned_keeping_the_peak_and_the_end(tmp_path: Path)
         Sample(float(k), k // 10, Phase.FORWARD, None, (0, 0, 0, 0, v, 0, 0, 0), v, reading)
         for k, v in enumerate(totals)
     ]
-    tracker.failure = dict(tracker.failure, time=4999.0, total=totals[-1])
+    tracker.failure = dataclasses.replace(tracker.failure, sample=tracker.samples[-1])
     report = build_report(tracker, None)
     times = [p.time for p in report.timeline]
     assert len(times) == MAX_TIMELINE_POINTS

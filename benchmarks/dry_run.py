@@ -4,7 +4,7 @@ Run: ``PYTHONPATH=. python benchmarks/dry_run.py [--seq 2048] [--batch 1] [--ste
 
 Builds ``LlamaForCausalLM`` from the Llama-2-7B preset's config (random init on fake tensors, no
 download), converts it to bf16, and runs ``steps`` AdamW training steps under
-:func:`profiler.predict.dryrun.dry_run` with CUDA rounding. Prints the wall time, this process's
+:func:`profiler.dryrun.dry_run` with CUDA rounding. Prints the wall time, this process's
 peak host memory (``ru_maxrss``), the measured peak per category next to the formula's
 prediction, and the ratio of dry-run peak to ``estimate()``'s allocated bytes.
 """
@@ -30,7 +30,7 @@ def main() -> None:
     import transformers
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from profiler.predict.dryrun import dry_run
+    from profiler.dryrun import dry_run
     from profiler.predict.estimate import estimate
     from profiler.predict.presets import load_preset
     from profiler.units import format_bytes

@@ -7,8 +7,8 @@ import torch
 import transformers
 from tiny_models import tiny as _tiny
 
+from profiler.dryrun import dry_run
 from profiler.errors import DryRunError, UsageError
-from profiler.predict.dryrun import dry_run
 from profiler.tracker import track_memory
 
 transformers.logging.set_verbosity_error()

@@ -188,7 +188,7 @@ def test_predict_imports_neither_pandas_nor_textual() -> None:
     import sys
 
     code = (
-        "import sys, profiler.predict, profiler.predict.dryrun;"
+        "import sys, profiler.predict, profiler.dryrun;"
         "from profiler.predict import estimate; estimate('llama-2-7b');"
         "print('pandas' in sys.modules, 'textual' in sys.modules)"
     )

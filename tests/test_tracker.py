@@ -300,8 +300,7 @@ def test_an_exception_inside_a_hook_is_warned_once_and_that_part_stops() -> None
             def broken(*args: object, **kwargs: object) -> None:
                 raise RuntimeError("injected")
 
-            mem._optimizer_pre = broken  # type: ignore[method-assign]
-            mem.ledger.claim = broken  # type: ignore[method-assign]
+            mem._engine.state.ledger.claim = broken  # type: ignore[method-assign]
             train(model, optimizer, x, steps=3)
     messages = [str(w.message) for w in caught if "gpumem" in str(w.message)]
     assert len(messages) == 1, messages

@@ -1,7 +1,6 @@
-"""Predictions: formulas per category, model presets, the GPU catalog, estimates and dry runs.
+"""Predictions: formulas per category, model presets, the GPU catalog and estimates.
 
 * :func:`estimate` — bytes per category before a run (model, config, preset or a size).
-* :func:`dry_run` — a build + step measured on fake tensors through the exact ledger.
 * :func:`predict_tracked` — what the tracker fills its ``predicted`` column with.
 * :func:`compare` — predicted vs measured per category, with the likely cause of each gap.
 * :data:`GPUS` / :func:`find_gpu` — the GPU catalog; :func:`preset_names` — the model presets.
@@ -12,7 +11,6 @@ Nothing here imports pandas at module level; DataFrames are built only when aske
 from __future__ import annotations
 
 from profiler.predict.compare import compare
-from profiler.predict.dryrun import DryRun, dry_run
 from profiler.predict.estimate import Estimate, Overhead, estimate
 from profiler.predict.formats import FORMATS, WeightFormat, find_format
 from profiler.predict.formulas import kv_cache_bytes, kv_cache_bytes_per_token, parameter_count
@@ -24,14 +22,12 @@ from profiler.predict.tracked import predict_tracked
 __all__ = [
     "FORMATS",
     "GPUS",
-    "DryRun",
     "Estimate",
     "GpuSpec",
     "ModelShape",
     "Overhead",
     "WeightFormat",
     "compare",
-    "dry_run",
     "estimate",
     "find_format",
     "find_gpu",

@@ -1,0 +1,335 @@
+"""The engine for one tracked block: the parts wired together, hooks in at entry and out at exit.
+
+One mode value (:class:`~profiler.tracking.state.Mode`) picks the strategy that measures what the
+known tensors do not cover; a leak hunt swaps fast mode's strategy for the exact one for a few
+steps (module hooks swapped, the dispatch mode pushed) and back.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+import torch.optim.optimizer as optim_mod
+from torch.nn.modules import module as module_mod
+
+from profiler.errors import TrackingError
+from profiler.ledger import Ledger
+from profiler.records import Event, EventKind, Phase
+from profiler.tracking.capture import FailureCapture
+from profiler.tracking.exact import ExactStrategy
+from profiler.tracking.fast import FastStrategy
+from profiler.tracking.guard import Guard, Part
+from profiler.tracking.history import History
+from profiler.tracking.hooks import HookSet
+from profiler.tracking.known import KnownTensors
+from profiler.tracking.options import Options, device_filter
+from profiler.tracking.phases import TENSOR_HOOKS, PhaseTracker, is_compiling
+from profiler.tracking.state import INCL, INCL_MAX, OWN, OWN_MAX, EngineState, Mode
+
+__all__ = ["Engine"]
+
+#: Hook groups: the strategy's global module hooks (swapped by a hunt), and the rest.
+_MODULE_HOOKS = "module"
+_MAIN_HOOKS = "main"
+
+
+class Engine:
+    """Measures one ``with`` block: owns the parts, installs and removes every hook."""
+
+    def __init__(
+        self,
+        options: Options,
+        model: torch.nn.Module | None,
+        optimizer: torch.optim.Optimizer | None,
+    ) -> None:
+        self.options = options
+        self.state = state = EngineState(options, model, optimizer)
+        self.guard = Guard()
+        self.hooks = HookSet()
+        self.history = History(state, self.guard, options.max_samples, options.max_steps)
+        self.phases = PhaseTracker(state, self.history, self.guard, self.hooks)
+        self.known = KnownTensors(state)
+        self.exact = ExactStrategy(state, self.guard, self.phases, self.hooks)
+        self.fast = FastStrategy(state, self.guard, self.phases)
+        self.capture = FailureCapture(state, self.history, self.guard)
+        self.strategy: ExactStrategy | FastStrategy = self.exact
+        self.hunting = False
+        self._hunt_steps_left = 0
+        self.phases.register_user_hooks(on_backward_end=self._backward_ended)
+
+    # ------------------------------------------------------------------ enter and exit
+
+    def enter(self, run: Any) -> None:
+        """Start measuring: resolve the options, charge what exists, install every hook.
+
+        ``run`` is what observers are handed (the facade). On any error every hook is removed
+        again before the error propagates.
+        """
+        state = self.state
+        if state.active:
+            raise TrackingError("this tracker is already active", hint="use one `with` per block")
+        self._resolve()
+        options = self.options
+        self.history = History(state, self.guard, options.max_samples, options.max_steps)
+        self.history.run = run
+        self.phases.history = self.capture.history = self.history
+        self.phases.reset()
+        self.capture.reset()
+        state.start_time = time.time()
+        state.step_start = time.perf_counter()
+        state.active = True
+        try:
+            model = state.model
+            self.known.name_modules(model)
+            self.known.register_model(model)
+            self.known.scan_optimizers()
+            self.strategy = self.fast if state.mode is Mode.FAST else self.exact
+            if state.mode is Mode.FAST:
+                self.fast.start()
+            self._install(model)
+            self.capture.attach()
+        except BaseException:
+            self._uninstall()
+            state.active = False
+            raise
+
+    def start_recording(self) -> None:
+        """The observers are in place: the start event and the first sample."""
+        state = self.state
+        self.history.emit(Event(time.time(), 0, EventKind.START, f"tracking {state.name}", {}))
+        self.history.sample()
+
+    def _resolve(self) -> None:
+        state, options = self.state, self.options
+        state.reset()
+        model = state.model
+        state.device = options.resolve_device(model)
+        state.mode = options.resolve_mode(state.device)
+        state.rounding = options.resolve_rounding(state.device)
+        state.wanted = device_filter(state.device)
+        state.on_cuda = state.device.type == "cuda"
+        state.ledger = Ledger(
+            rounding=state.rounding, capacity=state.capacity, on_overflow=self.capture.on_overflow
+        )
+
+    def exit(self, exc: BaseException | None) -> None:
+        """Stop measuring: a last sample, every hook out, the failure completed if one ran out."""
+        state = self.state
+        try:
+            if state.active:
+                self.known.scan_kv_caches()
+                self.known.scan_optimizers()
+                self.history.sample()
+        except Exception as error:
+            self.guard.fail(Part.FINAL_SAMPLE, error)
+        finally:
+            self._uninstall()
+            state.active = False
+            self.hunting = False
+            self._hunt_steps_left = 0
+            self.history.split_now = self.exact.split
+            state.end_time = time.time()
+        self.fold_step_modules()
+        if isinstance(exc, torch.OutOfMemoryError):
+            self.capture.at_exit(exc)
+
+    # ------------------------------------------------------------------ hooks in, hooks out
+
+    def _install(self, model: torch.nn.Module | None) -> None:
+        hooks = self.hooks
+        self._install_module_hooks(self.strategy)
+        hooks.add(_MAIN_HOOKS, optim_mod.register_optimizer_step_pre_hook(self._optimizer_pre))
+        hooks.add(_MAIN_HOOKS, optim_mod.register_optimizer_step_post_hook(self._optimizer_post))
+        if model is not None:
+            hooks.add(
+                _MAIN_HOOKS, model.register_forward_pre_hook(self._root_pre, with_kwargs=True)
+            )
+            hooks.add(
+                _MAIN_HOOKS,
+                model.register_forward_hook(self._root_post, with_kwargs=True, always_call=True),
+            )
+            # Exact mode claims gradients as each one lands; fast mode once, at the backward's
+            # end (one scan instead of a Python call per parameter).
+            for param in self.known.trainable_params(model):
+                if self.state.mode is Mode.EXACT:
+                    hooks.add(
+                        _MAIN_HOOKS, param.register_post_accumulate_grad_hook(self._grad_landed)
+                    )
+        if self.strategy is self.exact:
+            self.exact.start()
+        self.history.split_now = self.strategy.split
+
+    def _install_module_hooks(self, strategy: ExactStrategy | FastStrategy) -> None:
+        self.hooks.add(
+            _MODULE_HOOKS, module_mod.register_module_forward_pre_hook(strategy.module_pre)
+        )
+        self.hooks.add(
+            _MODULE_HOOKS,
+            module_mod.register_module_forward_hook(strategy.module_post, always_call=True),
+        )
+
+    def _uninstall(self) -> None:
+        self.capture.detach()
+        self.exact.stop()
+        self.known.clear()
+        self.hooks.remove_all()
+        state = self.state
+        state.module_stack.clear()
+        state.backward_stack.clear()
+        state.ledger.frames.clear()
+
+    # ------------------------------------------------------------------ root and gradients
+
+    def _root_pre(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict) -> None:
+        if is_compiling():
+            return None  # traced by torch.compile: stay out of the graph (no graph break)
+        try:
+            self.known.observe_inputs(args, kwargs)
+        except Exception as error:
+            self.guard.fail(Part.INPUTS, error)
+        return None
+
+    def _root_post(self, module: torch.nn.Module, args: Any, kwargs: dict, output: Any) -> None:
+        if is_compiling():
+            return None  # traced by torch.compile: stay out of the graph (no graph break)
+        try:
+            if self.strategy is self.fast and torch.is_grad_enabled():
+                # fast mode's one backward hook: the root output's gradient starts the backward
+                self.exact.hook_first(self.state.module_name(module), output, starting=True)
+            self.known.observe_output(output)
+        except Exception as error:
+            self.guard.fail(Part.KV_CACHE, error)
+        return None
+
+    def _grad_landed(self, param: torch.Tensor) -> None:
+        if Part.GRADIENT_HOOKS in self.guard.disabled:
+            return
+        try:
+            if self.state.phase is not Phase.BACKWARD:
+                self.phases.enter_backward()
+            self.known.claim_grad(param)
+        except Exception as error:
+            self.guard.fail(Part.GRADIENT_HOOKS, error)
+
+    def _backward_ended(self) -> None:
+        if self.state.mode is Mode.FAST:
+            self.known.claim_model_grads()
+        self.exact.close_backward_frames()
+
+    # ------------------------------------------------------------------ optimizer and steps
+
+    def _optimizer_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if Part.OPTIMIZER_HOOKS in self.guard.disabled or not self.state.active:
+            return
+        try:
+            self.known.adopt_optimizer(optimizer)
+            if self.state.phase is Phase.BACKWARD:
+                self.phases.finish_backward()
+            elif self.state.mode is Mode.FAST:
+                # no backward end seen (a compiled model's root hooks are traced away): the
+                # gradients are claimed here, before the step reads them
+                self.known.claim_model_grads()
+            self.known.scan_optimizers(opt_state=False)
+            self.phases.set_phase(Phase.OPTIMIZER)
+        except Exception as error:
+            self.guard.fail(Part.OPTIMIZER_HOOKS, error)
+
+    def _optimizer_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if Part.OPTIMIZER_HOOKS in self.guard.disabled or not self.state.active:
+            return
+        try:
+            self.known.scan_optimizers(grads=False)
+            self.end_step(Phase.OPTIMIZER)
+            self.phases.set_phase(Phase.IDLE)
+        except Exception as error:
+            self.guard.fail(Part.OPTIMIZER_HOOKS, error)
+
+    def step(self) -> None:
+        """End a step by hand (inference loops; training steps end at ``optimizer.step()``)."""
+        if not self.state.active:
+            raise TrackingError("mem.step() outside the `with track_memory(...)` block")
+        self.known.scan_kv_caches()
+        self.end_step()
+
+    def end_step(self, phase: Phase | None = None) -> None:
+        """Close the step: its record to the observers, per-step hooks out, the hunt counted."""
+        state = self.state
+        now = time.perf_counter()
+        record = self.history.record_step(phase, now)
+        self.fold_step_modules()
+        self.hooks.remove(TENSOR_HOOKS)
+        self.capture.reattach()
+        state.step += 1
+        state.ledger.step = state.step
+        state.step_start = now
+        self.history.notify("on_step", record)
+        if self._hunt_steps_left:
+            self._hunt_steps_left -= 1
+            if not self._hunt_steps_left:
+                self._end_hunt()
+
+    def fold_step_modules(self) -> None:
+        """Fold this step's per-module activations into each module's most in any step."""
+        for stats in self.state.module_stats.values():
+            if stats[OWN] > stats[OWN_MAX]:
+                stats[OWN_MAX] = stats[OWN]
+            if stats[INCL] > stats[INCL_MAX]:
+                stats[INCL_MAX] = stats[INCL]
+            stats[OWN] = stats[INCL] = 0
+
+    # ------------------------------------------------------------------ leak hunt
+
+    def hunt(self, steps: int) -> None:
+        """Record creation sites for ``steps`` steps; fast mode swaps in the exact strategy."""
+        state = self.state
+        if not state.active or steps <= 0:
+            return
+        self.hunting = True
+        state.ledger.record_sites = True
+        self._hunt_steps_left = steps
+        if state.mode is Mode.FAST:
+            self._swap(self.exact)
+        # Called from a step-end observer, the countdown includes the step ending now.
+        what = "exact mode on" if state.mode is Mode.FAST else "recording creation sites"
+        self.history.emit(
+            Event(
+                time.time(),
+                state.step,
+                EventKind.LEAK_HUNT,
+                f"leak hunt: {what} for {steps - 1} steps to find what holds the growth",
+                {"steps": steps - 1},
+            )
+        )
+
+    def _end_hunt(self) -> None:
+        self.hunting = False
+        self.state.ledger.record_sites = False
+        if self.state.mode is Mode.FAST:
+            self._swap(self.fast)
+
+    def _swap(self, strategy: ExactStrategy | FastStrategy) -> None:
+        if strategy is self.strategy:
+            return
+        self.hooks.remove(_MODULE_HOOKS)
+        if strategy is self.exact:
+            self.exact.start()
+        else:
+            self.exact.stop()
+        self.strategy = strategy
+        self._install_module_hooks(strategy)
+        self.history.split_now = strategy.split
+
+    # ------------------------------------------------------------------ reading
+
+    def current_split(self) -> list[int]:
+        """The bytes per category now (during the block), else at its last sample."""
+        if self.state.active:
+            return self.strategy.split()
+        last = self.history.last_bytes()
+        return list(last) if last is not None else [0] * len(self.state.ledger.current)
+
+    def add_observer(self, observer: Any) -> None:
+        """Feed ``observer`` samples, step records and events."""
+        self.history.add_observer(observer, started=self.state.active)

@@ -1,0 +1,409 @@
+"""The exact strategy: a dispatch-level ledger that sees every storage created and freed.
+
+A ``TorchDispatchMode`` charges each op's new output storages (temporaries, or weights for
+autocast's casts of weights) and any input storage never seen (other). ``saved_tensors_hooks``
+turn a temporary autograd keeps into an activation of the innermost module, until autograd lets
+go of it. Module hooks keep per-module frames (peaks above the module's start) and put tensor
+hooks on module inputs and outputs whose gradients mark each module's backward start and end.
+
+Cost: a few microseconds per op (~2-4x on a step of tiny ops, a few percent on big ones).
+Known limit: kernels inside a ``torch.compile``'d region allocate without Python dispatch, so
+only what runs eagerly is seen there.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+from threading import get_ident
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from profiler.ledger import ACTIVATIONS, OTHER, TEMPORARIES, WEIGHTS, Ledger, StorageEntry
+from profiler.records import Phase
+from profiler.tracking.guard import Guard, Part
+from profiler.tracking.hooks import HookSet
+from profiler.tracking.phases import TENSOR_HOOKS, PhaseTracker, graph_task_id, is_compiling
+from profiler.tracking.state import (
+    BASE,
+    BWD_PEAK,
+    CALLS,
+    FWD_PEAK,
+    INCL,
+    OWN,
+    EngineState,
+    Mode,
+    new_module_stats,
+)
+
+__all__ = ["ExactStrategy", "tensors_in"]
+
+_aten = torch.ops.aten
+# Ops are compared by id(): an OpOverload's __hash__ runs Python code on every call.
+_CAST_OPS = frozenset(
+    id(op)
+    for op in (_aten._to_copy.default, _aten.to.dtype, _aten._autocast_to_reduced_precision.default)
+)
+_RESIZE_OPS = frozenset(
+    id(op) for op in (_aten.resize_.default, _aten.resize_as_.default, _aten.set_.source_Storage)
+)
+Tensor = torch.Tensor
+
+
+class ExactStrategy:
+    """Measures every storage through the ledger; module frames from the ledger's total."""
+
+    kind = Mode.EXACT
+
+    def __init__(
+        self, state: EngineState, guard: Guard, phases: PhaseTracker, hooks: HookSet
+    ) -> None:
+        self.state = state
+        self.guard = guard
+        self.phases = phases
+        self.hooks = hooks
+        #: The dispatch mode and saved-tensor hooks are on (off again after a failure).
+        self.on = False
+        self._mode: _LedgerMode | None = None
+        self._saved: Any = None
+        guard.on_switch_off(self._switched_off)
+
+    # ------------------------------------------------------------------ on and off
+
+    def start(self) -> None:
+        """Push the saved-tensor hooks and the dispatch mode (idempotent)."""
+        if self._mode is not None:
+            return
+        saved = torch.autograd.graph.saved_tensors_hooks(self.pack, _unpack)
+        saved.__enter__()
+        self._saved = saved
+        self._mode = _LedgerMode(self)
+        self._mode.__enter__()
+        self.on = True
+
+    def stop(self) -> None:
+        """Pop the dispatch mode and the saved-tensor hooks (idempotent)."""
+        self.on = False
+        mode, self._mode = self._mode, None
+        if mode is not None:
+            try:
+                mode.__exit__(None, None, None)
+            except Exception as error:
+                self.guard.fail(Part.EXACT_LEDGER, error)
+        saved, self._saved = self._saved, None
+        if saved is not None:
+            try:
+                saved.__exit__(None, None, None)
+            except Exception as error:
+                self.guard.fail(Part.SAVED_TENSORS, error)
+
+    def _switched_off(self, part: Part) -> None:
+        if part is Part.EXACT_LEDGER:
+            self.on = False
+
+    def split(self) -> list[int]:
+        """The bytes per category now: the ledger's own."""
+        return self.state.ledger.current[:]
+
+    # ------------------------------------------------------------------ module hooks
+
+    def module_pre(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        """Global forward pre-hook: push the module, open its frame, hook its inputs."""
+        if is_compiling():
+            return None  # traced by torch.compile: stay out of the graph (no graph break)
+        state = self.state
+        if Part.MODULE_HOOKS in self.guard.disabled or state.thread != get_ident():
+            return None
+        try:
+            name = state.module_name(module)
+            stack = state.module_stack
+            if not stack:
+                self.phases.forward_starts()
+            stack.append(name)
+            ledger = state.ledger
+            ledger.module = name
+            stats = state.module_stats.get(name)
+            if stats is None:
+                stats = state.module_stats[name] = new_module_stats()
+            stats[CALLS] += 1
+            if not state.module_frames:
+                return None
+            total = ledger.total
+            ledger.frames.append(total)
+            stats[BASE] = total
+            if torch.is_grad_enabled():
+                self.hook_first(name, args, starting=False)
+        except Exception as error:
+            self.guard.fail(Part.MODULE_HOOKS, error)
+        return None
+
+    def module_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        """Global forward hook: close the module's frame, hook its outputs, pop it."""
+        if is_compiling():
+            return None  # traced by torch.compile: stay out of the graph (no graph break)
+        state = self.state
+        if Part.MODULE_HOOKS in self.guard.disabled or state.thread != get_ident():
+            return None
+        try:
+            stack = state.module_stack
+            if not stack:
+                return None
+            name = stack.pop()
+            ledger = state.ledger
+            stats = state.module_stats.get(name) if state.module_frames else None
+            if stats is not None:
+                peak = ledger.pop_frame() if ledger.frames else 0
+                if peak - stats[BASE] > stats[FWD_PEAK]:
+                    stats[FWD_PEAK] = peak - stats[BASE]
+            ledger.module = stack[-1] if stack else None
+            if torch.is_grad_enabled():
+                self.hook_first(name, output, starting=True)
+            if not stack:
+                self.phases.forward_ends()
+        except Exception as error:
+            self.guard.fail(Part.MODULE_HOOKS, error)
+        return None
+
+    def hook_first(self, name: str, value: Any, *, starting: bool) -> None:
+        """A tensor hook on the first tensor of ``value`` that requires grad: its gradient marks
+        the module's backward start (outputs, ``starting``) or end (inputs)."""
+        for tensor in tensors_in(value):
+            if tensor.requires_grad:
+                handle = tensor.register_hook(_BackwardMark(self, name, starting))
+                self.hooks.add(TENSOR_HOOKS, handle)
+                return
+
+    # ------------------------------------------------------------------ backward frames
+
+    def backward_mark(self, name: str, starting: bool) -> None:
+        """A module's backward started (its output's gradient) or ended (its input's)."""
+        state = self.state
+        if state.phase is not Phase.BACKWARD:
+            self.phases.enter_backward()
+        ledger = state.ledger
+        stack = state.backward_stack
+        if starting:
+            stack.append(name)
+            ledger.push_frame()
+            ledger.module = name
+            stats = state.module_stats.get(name)
+            if stats is not None:
+                stats[BASE] = ledger.total
+        elif name in stack:
+            while stack:
+                done = stack.pop()
+                self._close_backward_frame(done)
+                if done == name:
+                    break
+            ledger.module = stack[-1] if stack else None
+
+    def close_backward_frames(self) -> None:
+        """The backward pass ended: close every module frame still open."""
+        stack = self.state.backward_stack
+        while stack:
+            self._close_backward_frame(stack.pop())
+
+    def _close_backward_frame(self, name: str) -> None:
+        state = self.state
+        ledger = state.ledger
+        peak = ledger.pop_frame() if ledger.frames else 0
+        stats = state.module_stats.get(name)
+        if stats is not None and peak - stats[BASE] > stats[BWD_PEAK]:
+            stats[BWD_PEAK] = peak - stats[BASE]
+
+    # ------------------------------------------------------------------ saved tensors
+
+    def pack(self, tensor: torch.Tensor) -> Any:
+        """Saved-tensor pack hook: a temporary autograd keeps is an activation of this module.
+
+        It stays one while autograd holds it: the returned :class:`_Saved` wrapper goes when the
+        graph releases it, and with the last one the storage (if still alive, say the user's
+        input ids) is a temporary again.
+        """
+        if not self.on or Part.SAVED_TENSORS in self.guard.disabled:
+            return tensor
+        try:
+            state = self.state
+            ledger = state.ledger
+            entry = ledger.entries.get(tensor.untyped_storage()._cdata)
+            if entry is None:
+                return tensor
+            if entry.cat == ACTIVATIONS:
+                entry.saves += 1
+                return _Saved(tensor, entry, ledger)
+            if entry.cat == TEMPORARIES:
+                module = ledger.module
+                ledger.reclassify(entry, ACTIVATIONS)
+                entry.saves = 1
+                entry.module = module
+                if module is not None:
+                    stats = state.module_stats.get(module)
+                    if stats is not None:
+                        stats[OWN] += entry.nbytes
+                    for outer in state.module_stack:
+                        outer_stats = state.module_stats.get(outer)
+                        if outer_stats is not None:
+                            outer_stats[INCL] += entry.nbytes
+                return _Saved(tensor, entry, ledger)
+        except Exception as error:
+            self.guard.fail(Part.SAVED_TENSORS, error)
+        return tensor
+
+
+class _LedgerMode(TorchDispatchMode):
+    """Charges every storage an op creates or touches to the ledger (exact mode's hot path).
+
+    Per op: the outputs whose storage is new are charged (temporaries, or weights for autocast's
+    casts of weights); inputs whose storage the ledger has never seen existed before the block
+    (or came from elsewhere) and are charged as other. Views and in-place results share a known
+    storage and cost one dict lookup.
+    """
+
+    def __init__(self, strategy: ExactStrategy) -> None:
+        super().__init__()
+        self.strategy = strategy
+        self.state = strategy.state
+        self.ledger = strategy.state.ledger
+        self.entries = self.ledger.entries
+        self.wanted = strategy.state.wanted
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **kwargs) if kwargs else func(*args)
+        if not self.strategy.on:
+            return out
+        try:
+            if self.state.phase is not Phase.BACKWARD and graph_task_id() != -1:
+                self.strategy.phases.enter_backward()
+            self._charge_inputs(args)
+            self._charge_outputs(func, args, kwargs, out)
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, NotImplementedError, TypeError):
+            # A tensor without a plain storage (sparse, nested, a wrapper subclass): go the
+            # careful way for this op.
+            self._careful(args, out)
+        except Exception as exc:  # never break the user's program
+            self.strategy.guard.fail(Part.EXACT_LEDGER, exc)
+        return out
+
+    def _charge_inputs(self, args: Any) -> None:
+        entries = self.entries
+        wanted = self.wanted
+        for arg in args:
+            if isinstance(arg, Tensor):
+                if (wanted is None or wanted(arg)) and arg.untyped_storage()._cdata not in entries:
+                    self.ledger.add_tensor(arg, OTHER)
+            elif type(arg) is list or type(arg) is tuple:
+                for item in arg:
+                    if (
+                        isinstance(item, Tensor)
+                        and (wanted is None or wanted(item))
+                        and item.untyped_storage()._cdata not in entries
+                    ):
+                        self.ledger.add_tensor(item, OTHER)
+
+    def _charge_outputs(self, func: Any, args: Any, kwargs: Any, out: Any) -> None:
+        entries = self.entries
+        wanted = self.wanted
+        ledger = self.ledger
+        if isinstance(out, Tensor):
+            if wanted is None or wanted(out):
+                if out.untyped_storage()._cdata not in entries:
+                    cat = TEMPORARIES
+                    if id(func) in _CAST_OPS and ledger.category_of(args[0]) == WEIGHTS:
+                        cat = WEIGHTS  # autocast's copy of a weight scales with the weights
+                    ledger.add_tensor(out, cat)
+                elif id(func) in _RESIZE_OPS or (kwargs and "out" in kwargs):
+                    ledger.resize(out)
+        elif type(out) is tuple or type(out) is list:
+            for item in out:
+                if isinstance(item, Tensor) and (wanted is None or wanted(item)):
+                    if item.untyped_storage()._cdata not in entries:
+                        ledger.add_tensor(item, TEMPORARIES)
+                    elif kwargs and "out" in kwargs:
+                        ledger.resize(item)
+
+    def _careful(self, args: Any, out: Any) -> None:
+        ledger = self.ledger
+        wanted = self.wanted
+        try:
+            for tensor in tensors_in(args):
+                if wanted is None or wanted(tensor):
+                    ledger.add_tensor(tensor, OTHER)
+            for tensor in tensors_in(out):
+                if wanted is None or wanted(tensor):
+                    ledger.add_tensor(tensor, TEMPORARIES)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            self.strategy.guard.fail(Part.EXACT_LEDGER, exc)
+
+
+class _BackwardMark:
+    """A tensor hook that tells the strategy a module's backward started or ended."""
+
+    __slots__ = ("name", "starting", "strategy_ref")
+
+    def __init__(self, strategy: ExactStrategy, name: str, starting: bool) -> None:
+        self.strategy_ref = weakref.ref(strategy)
+        self.name = name
+        self.starting = starting
+
+    def __call__(self, grad: torch.Tensor) -> None:
+        strategy = self.strategy_ref()
+        if (
+            strategy is None
+            or not strategy.state.active
+            or Part.MODULE_HOOKS in strategy.guard.disabled
+        ):
+            return None
+        try:
+            strategy.backward_mark(self.name, self.starting)
+        except Exception as error:
+            strategy.guard.fail(Part.MODULE_HOOKS, error)
+        return None
+
+
+class _Saved:
+    """A tensor autograd saved for backward; when autograd lets go, the activation role ends."""
+
+    __slots__ = ("entry", "ledger", "tensor")
+
+    def __init__(self, tensor: torch.Tensor, entry: StorageEntry, ledger: Ledger) -> None:
+        self.tensor = tensor
+        self.entry = entry
+        self.ledger = ledger
+
+    def __del__(self) -> None:
+        entry = self.entry
+        entry.saves -= 1
+        if entry.saves <= 0 and entry.cat == ACTIVATIONS:
+            ledger = self.ledger
+            if ledger.entries.get(entry.key) is entry:  # still alive and still this storage
+                ledger.reclassify(entry, TEMPORARIES, follow_peak=False)
+
+
+def _unpack(saved: Any) -> torch.Tensor:
+    return saved.tensor if type(saved) is _Saved else saved
+
+
+def tensors_in(value: Any) -> Iterable[torch.Tensor]:
+    """The tensors directly in ``value``: a tensor, a list/tuple/dict of them, or a model output
+    (its ``loss``, ``logits`` and ``last_hidden_state``)."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, list | tuple):
+        for item in value:
+            if isinstance(item, torch.Tensor):
+                yield item
+    elif isinstance(value, dict):
+        for item in value.values():
+            if isinstance(item, torch.Tensor):
+                yield item
+    else:
+        for attribute in ("loss", "logits", "last_hidden_state"):
+            found = getattr(value, attribute, None)
+            if isinstance(found, torch.Tensor):
+                yield found

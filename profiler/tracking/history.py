@@ -1,0 +1,203 @@
+"""What the engine recorded: bounded samples and steps, the events, and the observers fed them.
+
+The hot path keeps samples as plain tuples in :class:`~profiler.records.Sample`'s field order; a
+record is built only for observers and when someone reads :attr:`History.sample_records`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from profiler.backends import cuda
+from profiler.records import (
+    AllocatorReading,
+    Event,
+    EventKind,
+    NvmlReading,
+    Phase,
+    Sample,
+    StepRecord,
+)
+from profiler.tracking.guard import Guard, Part
+from profiler.tracking.state import EngineState
+
+__all__ = ["MAX_EVENTS", "BoundedLog", "History"]
+
+#: Events kept in memory (the session stream on disk has them all).
+MAX_EVENTS = 10_000
+#: NVML is read at most this often (seconds): a query costs tens of microseconds.
+_NVML_INTERVAL = 0.5
+
+
+class BoundedLog:
+    """An append-only list that halves its resolution when full: bounded memory, whole history."""
+
+    __slots__ = ("capacity", "items")
+
+    def __init__(self, capacity: int) -> None:
+        self.items: list[Any] = []
+        self.capacity = max(16, capacity)
+
+    def append(self, item: Any) -> None:
+        items = self.items
+        items.append(item)
+        if len(items) > self.capacity:
+            # Keep the recent half at full resolution; thin the older half to every other item.
+            half = len(items) // 2
+            self.items = items[:half:2] + items[half:]
+
+
+class History:
+    """Samples, steps and events of one block, and the observers they are fanned out to."""
+
+    def __init__(self, state: EngineState, guard: Guard, max_samples: int, max_steps: int) -> None:
+        self.state = state
+        self.guard = guard
+        self.samples = BoundedLog(max_samples)
+        self.steps = BoundedLog(max_steps)
+        self.events: list[Event] = []
+        self.observers: list[Any] = []
+        #: The active strategy's split of the bytes now, per category (set by the engine).
+        self.split_now: Callable[[], list[int]] = lambda: state.ledger.current[:]
+        #: What observers are handed as the run (the facade, a :class:`~profiler.run.TrackedRun`).
+        self.run: Any = None
+        self.last_nvml: NvmlReading | None = None
+        self._last_nvml_time = 0.0
+
+    # ------------------------------------------------------------------ samples and steps
+
+    def sample(self, phase: Phase | None = None, *, readings: bool = True) -> tuple[Any, ...]:
+        """Take a sample (labelled ``phase``, by default the phase in flight); its tuple.
+
+        ``readings=False`` skips the allocator and NVML (inside the allocator's OOM callback).
+        """
+        state = self.state
+        split = self.split_now()
+        if state.on_cuda and readings:
+            allocator, nvml = self.allocator_reading(), self.nvml_reading()
+        else:
+            allocator = nvml = None
+        sample = (
+            time.time(),
+            state.step,
+            phase or state.phase,
+            state.innermost_module(),
+            tuple(split),
+            sum(split),
+            allocator,
+            nvml,
+        )
+        self.samples.append(sample)
+        if self.observers:
+            self.notify("on_sample", Sample(*sample))
+        return sample
+
+    def record_step(self, phase: Phase | None, now: float) -> StepRecord:
+        """Close the step in flight: a sample, the window's peak, a record and an event."""
+        state = self.state
+        sample = self.sample(phase)
+        step_peak, peak_bytes = state.ledger.reset_window()
+        record = StepRecord(
+            step=state.step,
+            time=sample[0],
+            duration=now - state.step_start,
+            bytes=sample[4],
+            total=sample[5],
+            peak=step_peak,
+            peak_bytes=peak_bytes,
+        )
+        self.steps.append(record)
+        self.emit(
+            Event(
+                record.time,
+                state.step,
+                EventKind.STEP_END,
+                f"step {state.step}",
+                {"total": record.total, "peak": step_peak, "duration": record.duration},
+            )
+        )
+        return record
+
+    def sample_records(self) -> list[Sample]:
+        """The samples kept, as records."""
+        return [Sample(*sample) for sample in self.samples.items]
+
+    def last_total(self) -> int:
+        """The total of the latest sample (0 before the first)."""
+        items = self.samples.items
+        return items[-1][5] if items else 0
+
+    def last_bytes(self) -> tuple[int, ...] | None:
+        """The per-category bytes of the latest sample (``None`` before the first)."""
+        items = self.samples.items
+        return tuple(items[-1][4]) if items else None
+
+    # ------------------------------------------------------------------ device readings
+
+    def allocator_reading(self) -> AllocatorReading | None:
+        """The caching allocator's figures for the tracked CUDA device (``None`` elsewhere)."""
+        state = self.state
+        if not state.on_cuda or Part.ALLOCATOR in self.guard.disabled:
+            return None
+        try:
+            return cuda.allocator_reading(state.device.index)
+        except Exception as error:
+            self.guard.fail(Part.ALLOCATOR, error)
+            return None
+
+    def nvml_reading(self) -> NvmlReading | None:
+        """NVML's view of this process and device, at most every half second (cached between)."""
+        state = self.state
+        if not state.on_cuda or Part.NVML in self.guard.disabled:
+            return None
+        now = time.monotonic()
+        if now - self._last_nvml_time < _NVML_INTERVAL:
+            return self.last_nvml
+        self._last_nvml_time = now
+        try:
+            from profiler.backends import nvml  # deferred: loads the NVML bindings
+
+            self.last_nvml = nvml.process_reading(state.device.index)
+        except Exception as error:
+            self.last_nvml = None
+            self.guard.off(Part.NVML, f"NVML readings are off ({type(error).__name__}: {error})")
+        return self.last_nvml
+
+    # ------------------------------------------------------------------ events and observers
+
+    def emit(self, event: Event) -> None:
+        """Record ``event`` (the newest :data:`MAX_EVENTS` are kept) and pass it on."""
+        events = self.events
+        events.append(event)
+        if len(events) > MAX_EVENTS + MAX_EVENTS // 4:
+            del events[: len(events) - MAX_EVENTS]  # in batches: amortised O(1) per event
+        self.notify("on_event", event)
+
+    def add_observer(self, observer: Any, *, started: bool) -> None:
+        """Feed ``observer`` from now on (``on_start`` at once when the block already started)."""
+        self.observers.append(observer)
+        if started:
+            self.call(observer, "on_start", self.run)
+
+    def notify(self, method: str, *args: Any) -> None:
+        """Call ``method`` on every observer that has it."""
+        for observer in list(self.observers):
+            self.call(observer, method, *args)
+
+    def call(self, observer: Any, method: str, *args: Any) -> None:
+        """Call one observer; one that raises is dropped with one warning."""
+        function = getattr(observer, method, None)
+        if function is None:
+            return
+        try:
+            function(*args)
+        except Exception as error:
+            if observer in self.observers:
+                self.observers.remove(observer)
+            self.guard.warn_once(
+                f"observer-{id(observer)}",
+                f"{type(observer).__name__}.{method} failed and was switched off "
+                f"({type(error).__name__}: {error})",
+            )

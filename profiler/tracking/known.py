@@ -1,0 +1,223 @@
+"""The known tensors: weights, buffers, gradients, optimizer state and KV cache.
+
+Their category is known from what holds them, so both strategies charge them exactly through the
+ledger: the model's parameters and buffers at entry, gradients as they land (exact mode) or once
+per backward end (fast mode), optimizer state after each step, KV caches when the model is handed
+or returns one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from typing import Any
+
+import torch
+
+from profiler.kvcache import cache_positions, cache_tensors, find_caches
+from profiler.ledger import (
+    ACTIVATIONS,
+    BUFFERS,
+    GRADIENTS,
+    KV_CACHE,
+    OPTIMIZER,
+    OTHER,
+    TEMPORARIES,
+    WEIGHTS,
+)
+from profiler.tracking.state import EngineState
+
+__all__ = ["KnownTensors"]
+
+Tensor = torch.Tensor
+
+
+class KnownTensors:
+    """Charges the tensors whose role is known from their holder."""
+
+    def __init__(self, state: EngineState) -> None:
+        self.state = state
+        #: ids of the parameters with a gradient hook (their gradients need no scan).
+        self.hooked: set[int] = set()
+        #: the parameters whose gradients fast mode claims at each backward end.
+        self.grad_params: list[weakref.ref[torch.Tensor]] = []
+        self._kv_refs: list[weakref.ref[Any]] = []
+
+    # ------------------------------------------------------------------ at entry
+
+    def name_modules(self, model: torch.nn.Module | None) -> None:
+        """Name every module of ``model`` by its fully qualified name."""
+        names = self.state.names = {}
+        if model is None:
+            return
+        for fqn, module in model.named_modules():
+            names.setdefault(id(module), fqn or type(model).__name__)
+
+    def register_model(self, model: torch.nn.Module | None) -> None:
+        """Charge what exists already: weights, buffers, gradients; note the model's facts."""
+        state = self.state
+        if model is None:
+            return
+        ledger = state.ledger
+        wanted = state.is_wanted
+        params = trainable = 0
+        seen: set[int] = set()
+        for fqn, module in model.named_modules():
+            ledger.module = fqn or type(model).__name__
+            for param in module.parameters(recurse=False):
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    params += param.numel()
+                    trainable += param.numel() if param.requires_grad else 0
+                if wanted(param):
+                    ledger.claim(param, WEIGHTS)
+                if param.grad is not None and wanted(param.grad):
+                    ledger.claim(param.grad, GRADIENTS)
+            for buffer in module.buffers(recurse=False):
+                if wanted(buffer):
+                    ledger.claim(buffer, BUFFERS, only_from=(OTHER, TEMPORARIES))
+        ledger.module = None
+        state.param_count = params
+        state.trainable_param_count = trainable
+        config = getattr(model, "config", None)
+        state.attention_impl = getattr(config, "_attn_implementation", None)
+        for attribute in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+            if hasattr(type(model), attribute):
+                state.checkpointing = bool(getattr(model, attribute))
+                break
+
+    def trainable_params(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
+        """The parameters that get gradients (remembered for the gradient claims)."""
+        result = []
+        for param in model.parameters():
+            if param.requires_grad:
+                self.hooked.add(id(param))
+                self.grad_params.append(weakref.ref(param))
+                result.append(param)
+        return result
+
+    def clear(self) -> None:
+        """Forget the hooked parameters (the block ended)."""
+        self.hooked.clear()
+        self.grad_params.clear()
+
+    # ------------------------------------------------------------------ gradients, optimizers
+
+    def claim_grad(self, param: torch.Tensor) -> None:
+        """A parameter's gradient landed: it is a gradient."""
+        grad = param.grad
+        state = self.state
+        if grad is not None and (state.wanted is None or state.wanted(grad)):
+            state.ledger.claim(grad, GRADIENTS)
+
+    def claim_model_grads(self) -> None:
+        """Claim every trainable parameter's gradient (fast mode, once per backward end)."""
+        ledger = self.state.ledger
+        wanted = self.state.is_wanted
+        for ref in self.grad_params:
+            param = ref()
+            grad = param.grad if param is not None else None
+            if grad is not None and wanted(grad):
+                ledger.claim(grad, GRADIENTS)
+
+    def adopt_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Track ``optimizer`` from now on (one created inside the block, seen at its step)."""
+        state = self.state
+        if all(ref() is not optimizer for ref in state.optimizer_refs):
+            state.optimizer_refs.append(weakref.ref(optimizer))
+            state.optimizer_class = state.optimizer_class or type(optimizer).__name__
+
+    def scan_optimizers(self, *, grads: bool = True, opt_state: bool = True) -> None:
+        """Charge each tracked optimizer's state and the gradients of parameters not hooked."""
+        state = self.state
+        ledger = state.ledger
+        entries = ledger.entries
+        hooked = self.hooked
+        wanted = state.is_wanted
+        for optimizer in state.optimizers():
+            if grads and len(hooked) < sum(len(g["params"]) for g in optimizer.param_groups):
+                for group in optimizer.param_groups:
+                    for param in group["params"]:
+                        grad = param.grad
+                        if grad is not None and id(param) not in hooked and wanted(grad):
+                            ledger.claim(grad, GRADIENTS)
+            for param_state in optimizer.state.values() if opt_state else ():
+                if type(param_state) is not dict:
+                    continue
+                for value in param_state.values():
+                    if not isinstance(value, Tensor):
+                        continue
+                    try:
+                        entry = entries.get(value.untyped_storage()._cdata)
+                    except (RuntimeError, NotImplementedError, TypeError):
+                        continue
+                    # Steady state: every state tensor is known already; one lookup each.
+                    if (entry is None or entry.cat != OPTIMIZER) and wanted(value):
+                        ledger.claim(value, OPTIMIZER)
+
+    # ------------------------------------------------------------------ inputs and KV caches
+
+    def observe_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Note the root model's batch and sequence, and the KV caches it is handed."""
+        seq = self._observe_shape(args, kwargs)
+        for value in find_caches(kwargs):
+            if seq is not None and seq > 1 and not self.state.kv_cache_reused:
+                # a prompt (several tokens) fed to a cache that already holds some: the cache
+                # was not reset between generations (or a conversation goes on)
+                self.state.kv_cache_reused = cache_positions(value) > 0
+            self.mark_kv_cache(value)
+
+    def _observe_shape(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
+        """The batch (latest call) and sequence length (longest call) from the root's input.
+
+        The input is the first tensor argument, or ``input_ids`` / ``inputs_embeds``; its dim 0
+        is the batch, and dim 1 the sequence for token ids (integers) or for 3-d float inputs.
+        Returns this call's sequence length (``None`` where there is none).
+        """
+        state = self.state
+        candidates = list(args) + [kwargs.get("input_ids"), kwargs.get("inputs_embeds")]
+        for value in candidates:
+            if isinstance(value, torch.Tensor) and value.dim() >= 1:
+                state.observed_batch = int(value.shape[0])
+                if (value.dim() == 2 and not value.is_floating_point()) or value.dim() >= 3:
+                    seq = int(value.shape[1])
+                    state.observed_seq = max(state.observed_seq or 0, seq)
+                    return seq
+                return None
+        return None
+
+    def observe_output(self, output: Any) -> None:
+        """Charge the KV caches the root model returned, and every cache known so far."""
+        for cache in find_caches(output):
+            self.mark_kv_cache(cache)
+        self.scan_kv_caches()
+
+    def mark_kv_cache(self, obj: Any) -> None:
+        """Count the tensors held by ``obj`` (a cache object, tuple or tensor) as KV cache."""
+        if all(ref() is not obj for ref in self._kv_refs):
+            # Tuples and lists cannot be weakly referenced: what they hold is charged now.
+            with contextlib.suppress(TypeError):
+                self._kv_refs.append(weakref.ref(obj))
+        self._claim_kv(obj)
+
+    def kv_caches(self) -> list[Any]:
+        """The live cache objects known."""
+        return [c for c in (ref() for ref in self._kv_refs) if c is not None]
+
+    def scan_kv_caches(self) -> None:
+        """Charge what every live known cache holds now (caches grow in place)."""
+        alive = []
+        for ref in self._kv_refs:
+            cache = ref()
+            if cache is not None:
+                alive.append(ref)
+                self._claim_kv(cache)
+        self._kv_refs = alive
+
+    def _claim_kv(self, obj: Any) -> None:
+        state = self.state
+        ledger = state.ledger
+        for tensor in cache_tensors(obj):
+            if state.is_wanted(tensor):
+                ledger.claim(tensor, KV_CACHE, only_from=(TEMPORARIES, ACTIVATIONS, OTHER))
+        state.kv_tokens = max(state.kv_tokens or 0, cache_positions(obj))

@@ -22,7 +22,7 @@ from profiler.tracking import fast as fast_module
 BASE = 3 * 1024 * 1024  # what the process held before the block (the counter's "other")
 ACT = 1 << 20  # bytes the forward keeps for backward
 TMP = 4096  # scratch the backward leaves until the optimizer step
-I = {c: i for i, c in enumerate(CATEGORIES)}
+INDEX = {c: i for i, c in enumerate(CATEGORIES)}
 
 
 class ScriptedCounter:
@@ -170,7 +170,7 @@ def test_a_slow_counter_reports_calls_only_and_says_so(scripted, monkeypatch) ->
     assert list(frame["calls"]) == [1, 1, 1]
     # the phase samples still split the residual exactly
     forward_end = forward_ends(mem.samples)[0]
-    assert forward_end.bytes[I[Category.ACTIVATIONS]] == ACT
+    assert forward_end.bytes[INDEX[Category.ACTIVATIONS]] == ACT
 
 
 def test_a_leak_hunt_swaps_in_the_exact_ledger_and_back(scripted) -> None:

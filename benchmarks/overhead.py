@@ -148,7 +148,14 @@ def memory_bound(steps: int) -> tuple[int, int, int]:
             model(x).sum().backward()
             optimizer.step()
             optimizer.zero_grad()
-    records = [mem._samples.items, mem._steps.items, mem.events, mem.ledger.entries]
+    engine = mem._engine
+    history = engine.history
+    records = [
+        history.samples.items,
+        history.steps.items,
+        history.events,
+        engine.state.ledger.entries,
+    ]
     return _deep_size(records), len(mem.samples), len(mem.steps)
 
 

@@ -50,6 +50,7 @@ _RESIZE_OPS = frozenset(
     id(op) for op in (_aten.resize_.default, _aten.resize_as_.default, _aten.set_.source_Storage)
 )
 Tensor = torch.Tensor
+_BACKWARD = Phase.BACKWARD
 
 
 class ExactStrategy:
@@ -270,14 +271,46 @@ class _LedgerMode(TorchDispatchMode):
         self.wanted = strategy.state.wanted
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        # The hot path: one call per op, inlined on purpose (a helper call per op costs ~3%).
         out = func(*args, **kwargs) if kwargs else func(*args)
         if not self.strategy.on:
             return out
         try:
-            if self.state.phase is not Phase.BACKWARD and graph_task_id() != -1:
+            if self.state.phase is not _BACKWARD and graph_task_id() != -1:
                 self.strategy.phases.enter_backward()
-            self._charge_inputs(args)
-            self._charge_outputs(func, args, kwargs, out)
+            entries = self.entries
+            wanted = self.wanted
+            ledger = self.ledger
+            for arg in args:
+                if isinstance(arg, Tensor):
+                    if (
+                        wanted is None or wanted(arg)
+                    ) and arg.untyped_storage()._cdata not in entries:
+                        ledger.add_tensor(arg, OTHER)
+                elif type(arg) is list or type(arg) is tuple:
+                    for item in arg:
+                        if (
+                            isinstance(item, Tensor)
+                            and (wanted is None or wanted(item))
+                            and item.untyped_storage()._cdata not in entries
+                        ):
+                            ledger.add_tensor(item, OTHER)
+            if isinstance(out, Tensor):
+                if wanted is None or wanted(out):
+                    if out.untyped_storage()._cdata not in entries:
+                        cat = TEMPORARIES
+                        if id(func) in _CAST_OPS and ledger.category_of(args[0]) == WEIGHTS:
+                            cat = WEIGHTS  # autocast's copy of a weight scales with the weights
+                        ledger.add_tensor(out, cat)
+                    elif id(func) in _RESIZE_OPS or (kwargs and "out" in kwargs):
+                        ledger.resize(out)
+            elif type(out) is tuple or type(out) is list:
+                for item in out:
+                    if isinstance(item, Tensor) and (wanted is None or wanted(item)):
+                        if item.untyped_storage()._cdata not in entries:
+                            ledger.add_tensor(item, TEMPORARIES)
+                        elif kwargs and "out" in kwargs:
+                            ledger.resize(item)
         except torch.OutOfMemoryError:
             raise
         except (RuntimeError, NotImplementedError, TypeError):
@@ -287,43 +320,6 @@ class _LedgerMode(TorchDispatchMode):
         except Exception as exc:  # never break the user's program
             self.strategy.guard.fail(Part.EXACT_LEDGER, exc)
         return out
-
-    def _charge_inputs(self, args: Any) -> None:
-        entries = self.entries
-        wanted = self.wanted
-        for arg in args:
-            if isinstance(arg, Tensor):
-                if (wanted is None or wanted(arg)) and arg.untyped_storage()._cdata not in entries:
-                    self.ledger.add_tensor(arg, OTHER)
-            elif type(arg) is list or type(arg) is tuple:
-                for item in arg:
-                    if (
-                        isinstance(item, Tensor)
-                        and (wanted is None or wanted(item))
-                        and item.untyped_storage()._cdata not in entries
-                    ):
-                        self.ledger.add_tensor(item, OTHER)
-
-    def _charge_outputs(self, func: Any, args: Any, kwargs: Any, out: Any) -> None:
-        entries = self.entries
-        wanted = self.wanted
-        ledger = self.ledger
-        if isinstance(out, Tensor):
-            if wanted is None or wanted(out):
-                if out.untyped_storage()._cdata not in entries:
-                    cat = TEMPORARIES
-                    if id(func) in _CAST_OPS and ledger.category_of(args[0]) == WEIGHTS:
-                        cat = WEIGHTS  # autocast's copy of a weight scales with the weights
-                    ledger.add_tensor(out, cat)
-                elif id(func) in _RESIZE_OPS or (kwargs and "out" in kwargs):
-                    ledger.resize(out)
-        elif type(out) is tuple or type(out) is list:
-            for item in out:
-                if isinstance(item, Tensor) and (wanted is None or wanted(item)):
-                    if item.untyped_storage()._cdata not in entries:
-                        ledger.add_tensor(item, TEMPORARIES)
-                    elif kwargs and "out" in kwargs:
-                        ledger.resize(item)
 
     def _careful(self, args: Any, out: Any) -> None:
         ledger = self.ledger

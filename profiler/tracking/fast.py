@@ -201,29 +201,25 @@ class FastStrategy:
         try:
             name = stack.pop()
             if state.module_frames:
-                self._close_frame(name)
+                current = self.read_current()
+                total = current + self.offset
+                ledger = state.ledger
+                if total > ledger.window_peak:
+                    ledger.observe_total(total, self.split_of(current))
+                frames = ledger.frames
+                peak = max(frames.pop(), total) if frames else total
+                if frames and peak > frames[-1]:
+                    frames[-1] = peak
+                stats = state.module_stats[name]
+                base = stats[BASE]
+                if peak - base > stats[FWD_PEAK]:
+                    stats[FWD_PEAK] = peak - base
+                if total > base:
+                    # what the forward left behind is what it saved (children included)
+                    stats[OWN] += total - base
+                    stats[INCL] += total - base
             if not stack:
                 self.phases.forward_ends()
         except Exception as error:
             self.guard.fail(Part.MODULE_HOOKS, error)
         return None
-
-    def _close_frame(self, name: str) -> None:
-        state = self.state
-        current = self.read_current()
-        total = current + self.offset
-        ledger = state.ledger
-        if total > ledger.window_peak:
-            ledger.observe_total(total, self.split_of(current))
-        frames = ledger.frames
-        peak = max(frames.pop(), total) if frames else total
-        if frames and peak > frames[-1]:
-            frames[-1] = peak
-        stats = state.module_stats[name]
-        base = stats[BASE]
-        if peak - base > stats[FWD_PEAK]:
-            stats[FWD_PEAK] = peak - base
-        if total > base:
-            # what the forward left behind is what it saved (children included)
-            stats[OWN] += total - base
-            stats[INCL] += total - base

@@ -1331,13 +1331,11 @@ class MemoryTracker:
     def _start_observers(self) -> None:
         if self._stream:
             try:
-                from profiler.stream import SessionWriter
+                from profiler.session.writer import SessionWriter
 
-                writer = SessionWriter.for_tracker(self, home=self._home)
+                writer = SessionWriter.for_run(self, home=self._home)
                 self.session_dir = writer.directory
                 self._observers.append(writer)
-            except ImportError:
-                pass
             except Exception as error:
                 self._warn_once(
                     "stream", f"session stream is off ({type(error).__name__}: {error})"

@@ -1,8 +1,8 @@
 """The session stream writer: one directory per tracked session under ``$GPUMEM_HOME``.
 
-A :class:`SessionWriter` is an observer of a tracker. It writes, into
-``$GPUMEM_HOME/sessions/<YYYYmmddTHHMMSS.ffffff>-<host>-<pid>-<name>/`` (UTC start time; the
-directory names sort by start; ``-`` never appears inside a field):
+A :class:`SessionWriter` is an :class:`~profiler.run.Observer` of a run; it reads the run only
+through :class:`~profiler.run.RunView`. It writes, into a directory that
+:mod:`profiler.session.layout` names (``<home>/sessions/<start>-<host>-<pid>-<name>/``):
 
 - ``meta.json`` (atomic): ``v``, ``name``, ``pid``, ``host``, ``rank``, ``world_size`` (when
   torch.distributed is initialised, else null), ``start_time`` (epoch s), ``command``,
@@ -18,12 +18,12 @@ directory names sort by start; ``-`` never appears inside a field):
   suggestion, warning, start, end), ``message``, ``data``; a step end's data holds
   ``duration``, ``bytes``, ``total``, ``peak``, ``peak_bytes`` and ``session_peak``;
 - ``modules.json`` (atomic, every few seconds): ``v``, ``t``, ``activations`` (the top modules
-  as ``[[name, bytes], ...]``);
+  as ``[[name, bytes], ...]``, :func:`profiler.views.top_modules`);
 - ``summary.json`` (atomic, at the end): ``v``, ``end_time``, ``status`` (ok or error),
-  ``error``, ``session_peak``, ``summary`` (the tracker's ``summary()``).
+  ``error``, ``session_peak``, ``summary`` (:func:`profiler.views.summary`).
 
-Every line and file carries ``"v": SCHEMA_VERSION``. Readers (:mod:`profiler.sessions`) skip a
-torn last line, corrupt lines and unknown fields. The two ``.jsonl`` files rotate at
+Every line and file carries ``"v": SCHEMA_VERSION``. Readers (:mod:`profiler.session.reader`)
+skip a torn last line, corrupt lines and unknown fields. The two ``.jsonl`` files rotate at
 ``max_bytes`` (the old one becomes ``samples.1.jsonl``), so a session holds at most about
 ``4 * max_bytes`` on disk, and old ended sessions are pruned (the newest 64 kept) when a new one
 starts.
@@ -38,13 +38,10 @@ removed) warns once and stops the stream; the tracked program carries on.
 from __future__ import annotations
 
 import contextlib
-import json
-import operator
 import os
 import shlex
 import socket
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -52,90 +49,34 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from profiler.records import (
-    CATEGORIES,
-    AllocatorReading,
-    Event,
-    EventKind,
-    NvmlReading,
-    Phase,
-    Sample,
+from profiler import views
+from profiler.records import Category, Event, EventKind, Sample, SessionInfo, StepRecord
+from profiler.run import Observer, RunView
+from profiler.session.atomic import write_text_atomic
+from profiler.session.layout import (
+    EVENTS,
+    META,
+    MODULES,
+    SAMPLES,
+    SUMMARY,
+    make_session_dir,
+    prune_sessions,
+    sessions_dir,
+)
+from profiler.session.schema import (
+    CATEGORY_NAMES,
+    SCHEMA_VERSION,
+    dumps,
+    event_line,
+    module_json,
+    sample_line,
+    step_line,
 )
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "SessionWriter",
-    "gpumem_home",
-    "sessions_dir",
-    "write_json_atomic",
-]
-
-#: Version of every stream file; bumped only for changes old readers would misread.
-SCHEMA_VERSION = 1
+__all__ = ["DEFAULT_MAX_BYTES", "SCHEMA_VERSION", "SessionWriter"]
 
 #: Default largest size of one ``.jsonl`` file before it rotates.
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
-
-_CATEGORY_NAMES = tuple(str(c) for c in CATEGORIES)
-_PHASES = {phase: phase.value for phase in Phase}
-_ALLOCATOR_FIELDS = AllocatorReading.__slots__
-_NVML_FIELDS = NvmlReading.__slots__
-
-
-def gpumem_home(home: str | os.PathLike[str] | None = None, *, create: bool = True) -> Path:
-    """The per-user gpumem directory, created with mode 0700 when ``create``.
-
-    ``home`` if given, else ``$GPUMEM_HOME``, else ``$XDG_CACHE_HOME/gpumem``, else
-    ``~/.cache/gpumem``.
-    """
-    if home is not None:
-        path = Path(home)
-    elif os.environ.get("GPUMEM_HOME"):
-        path = Path(os.environ["GPUMEM_HOME"])
-    elif os.environ.get("XDG_CACHE_HOME"):
-        path = Path(os.environ["XDG_CACHE_HOME"]) / "gpumem"
-    else:
-        path = Path.home() / ".cache" / "gpumem"
-    path = path.expanduser()
-    if create:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
-
-
-def sessions_dir(home: str | os.PathLike[str] | None = None, *, create: bool = True) -> Path:
-    """The folder holding one directory per session (``<home>/sessions``)."""
-    path = gpumem_home(home, create=create) / "sessions"
-    if create:
-        path.mkdir(mode=0o700, exist_ok=True)
-    return path
-
-
-def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
-    """Write ``payload`` as JSON to ``path`` atomically (a temporary file, then ``os.replace``)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, default=_jsonable, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _jsonable(value: Any) -> Any:
-    """A JSON stand-in for values ``json`` cannot write (tuples of records, enums, paths)."""
-    if hasattr(value, "__slots__") and hasattr(value, "__dataclass_fields__"):
-        return {name: getattr(value, name) for name in value.__dataclass_fields__}
-    if isinstance(value, set | frozenset):
-        return sorted(value, key=str)
-    return str(value)
-
-
-def _safe_name(name: str) -> str:
-    """``name`` reduced to characters safe in a directory name (no ``-``: it separates fields)."""
-    cleaned = "".join(c if c.isalnum() or c in "._" else "_" for c in name).strip("._")
-    return cleaned[:48] or "session"
 
 
 def _default_name() -> str:
@@ -158,27 +99,79 @@ def _distributed() -> tuple[int | None, int | None]:
     return None, None
 
 
-def _object_format(fields: tuple[str, ...]) -> str:
-    """A %-format string for a JSON object with ``fields``, each value rendered by ``%s``."""
-    return "{" + ",".join(f'"{name}":%s' for name in fields) + "}"
+def _run_meta(info: SessionInfo, predicted: Mapping[Category, int | None]) -> dict[str, Any]:
+    """The metadata fields a run tells: device, mode, model, capacity, predictions."""
+    meta: dict[str, Any] = {
+        "device": info.device,
+        "device_type": info.device_type,
+        "device_index": info.device_index,
+    }
+    for key, value in (
+        ("mode", info.mode),
+        ("model_class", info.model_class),
+        ("param_count", info.param_count),
+        ("capacity", info.capacity),
+    ):
+        if value is not None:
+            meta[key] = value
+    meta["predicted"] = {str(k): (None if v is None else int(v)) for k, v in predicted.items()}
+    return meta
 
 
-_BYTES_FORMAT = "{" + ",".join(f'"{name}":%s' for name in _CATEGORY_NAMES) + "}"
-_ALLOCATOR_FORMAT = _object_format(_ALLOCATOR_FIELDS)
-_NVML_FORMAT = _object_format(_NVML_FIELDS)
-_ALLOCATOR_GET = operator.attrgetter(*_ALLOCATOR_FIELDS)
-_NVML_GET = operator.attrgetter(*_NVML_FIELDS)
+def _process_meta(name: str, pid: int, host: str, start: float, interval: float) -> dict[str, Any]:
+    """The metadata fields the process tells: who, where, when, the command line."""
+    rank, world_size = _distributed()
+    return {
+        "name": name,
+        "pid": pid,
+        "host": host,
+        "rank": rank,
+        "world_size": world_size,
+        "start_time": start,
+        "command": shlex.join(sys.argv) if sys.argv else None,
+        "interval": float(interval),
+    }
 
 
-def _reading(value: Any, fmt: str, get: Callable[[Any], tuple[Any, ...]]) -> str:
-    """A reading record (numbers or ``None``) as compact JSON, or ``null``."""
-    if value is None:
-        return "null"
-    return (fmt % get(value)).replace("None", "null")
+def _new_session_dir(
+    home: str | os.PathLike[str] | None,
+    start: float,
+    host: str,
+    pid: int,
+    name: str,
+    *,
+    prune: bool,
+) -> Path:
+    """A new session directory under ``home``'s sessions folder, old sessions pruned first."""
+    root = sessions_dir(home)
+    if prune:
+        with contextlib.suppress(Exception):  # housekeeping; never fail a session over it
+            prune_sessions(root.parent)
+    return make_session_dir(root, start, host, pid, name)
 
 
-class SessionWriter:
-    """Writes one session's stream; a tracker observer (``on_start`` ... ``on_close``).
+def _end_payload(
+    run: RunView | None, exc: BaseException | None, end_time: float, session_peak: int
+) -> dict[str, Any]:
+    """What ``summary.json`` holds: how the session ended and :func:`profiler.views.summary`."""
+    summary: Any = None
+    if run is not None:
+        try:
+            summary = views.summary(run)
+        except Exception as error:  # a summary that fails still ends the session
+            summary = {"error": f"summary failed: {error!r}"}
+    return {
+        "v": SCHEMA_VERSION,
+        "end_time": end_time,
+        "status": "ok" if exc is None else "error",
+        "error": None if exc is None else f"{type(exc).__name__}: {exc}",
+        "session_peak": session_peak,
+        "summary": summary,
+    }
+
+
+class SessionWriter(Observer):
+    """Writes one session's stream; an observer of the run (``on_start`` ... ``on_close``).
 
     Thread-safe: hooks may call it from autograd threads while the flusher thread runs.
 
@@ -210,21 +203,20 @@ class SessionWriter:
         self.max_bytes = int(max_bytes)
         self.modules_interval = float(modules_interval)
         self._meta: dict[str, Any] = {"v": SCHEMA_VERSION, **meta}
-        self._meta.setdefault("categories", list(_CATEGORY_NAMES))
+        self._meta.setdefault("categories", list(CATEGORY_NAMES))
         self._lock = threading.Lock()
         self._closed = False
         self._failed = False
-        self._samples = _RotatingFile(self._directory / "samples.jsonl", self.max_bytes)
-        self._events = _RotatingFile(self._directory / "events.jsonl", self.max_bytes)
+        self._samples = _RotatingFile(self._directory / SAMPLES, self.max_bytes)
+        self._events = _RotatingFile(self._directory / EVENTS, self.max_bytes)
         self._last_written_time = float("-inf")
         self._pending: Sample | None = None
         self._window_peak: Sample | None = None
         self._session_peak = 0
-        self._last_step_written = -1
         self._modules_written_at = float("-inf")
-        self._tracker: Any = None
+        self._run: RunView | None = None
         self._module_cache: dict[str | None, str] = {None: "null"}
-        self._write_meta()
+        self._write_file(META, self._meta)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if flush_thread:
@@ -253,43 +245,15 @@ class SessionWriter:
     ) -> SessionWriter:
         """A writer in a new, uniquely named session directory under ``home``.
 
-        The directory is ``<home>/sessions/<YYYYmmddTHHMMSS.ffffff>-<host>-<pid>-<name>``: unique
-        and sorted by start time. Extra keyword arguments go into ``meta.json``.
+        The directory is named by :func:`~profiler.session.layout.make_session_dir`: unique and
+        sorted by start time. Extra keyword arguments go into ``meta.json``.
         """
         start = clock() if start_time is None else float(start_time)
         pid = os.getpid() if pid is None else int(pid)
         host = socket.gethostname() if host is None else host
         name = name or _default_name()
-        root = sessions_dir(home)
-        if prune:
-            try:
-                from profiler.sessions import prune_sessions
-
-                prune_sessions(root.parent)
-            except Exception:  # pruning is housekeeping; never fail a session over it
-                pass
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(start)) + f".{int(start % 1 * 1e6):06d}"
-        base = f"{stamp}-{_safe_name(host)}-{pid}-{_safe_name(name)}"
-        directory = root / base
-        suffix = 1
-        while True:
-            try:
-                directory.mkdir(mode=0o700)
-                break
-            except FileExistsError:
-                suffix += 1
-                directory = root / f"{base}-{suffix}"
-        rank, world_size = _distributed()
-        full_meta: dict[str, Any] = {
-            "name": name,
-            "pid": pid,
-            "host": host,
-            "rank": rank,
-            "world_size": world_size,
-            "start_time": start,
-            "command": shlex.join(sys.argv) if sys.argv else None,
-            "interval": float(interval),
-        }
+        directory = _new_session_dir(home, start, host, pid, name, prune=prune)
+        full_meta = _process_meta(name, pid, host, start, interval)
         full_meta.update(meta)
         return cls(
             directory,
@@ -301,24 +265,32 @@ class SessionWriter:
         )
 
     @classmethod
-    def for_tracker(
+    def for_run(
         cls,
-        tracker: Any,
+        run: RunView,
         *,
         home: str | os.PathLike[str] | None = None,
         interval: float = 0.1,
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> SessionWriter:
-        """A writer for ``tracker`` (a :class:`~profiler.tracker.MemoryTracker`)."""
+        """A writer for ``run``, named after ``run.info`` (name, start time).
+
+        Args:
+            run: the run; only :class:`~profiler.run.RunView` members are read (``info`` and
+                ``predicted`` now, the rest while it runs and at its end).
+            home: the gpumem home; ``run.info.home``, else ``$GPUMEM_HOME`` etc., when ``None``.
+            interval, max_bytes: as for :class:`SessionWriter`.
+        """
+        info = run.info
         writer = cls.create(
-            home=home,
-            name=getattr(tracker, "name", None),
-            start_time=getattr(tracker, "start_time", None),
+            home=home if home is not None else info.home,
+            name=info.name,
+            start_time=info.start_time,
             interval=interval,
             max_bytes=max_bytes,
-            **_tracker_meta(tracker),
+            **_run_meta(info, run.predicted),
         )
-        writer._tracker = tracker
+        writer._run = run
         return writer
 
     @property
@@ -333,10 +305,10 @@ class SessionWriter:
 
     # -- observer interface -------------------------------------------------------------------
 
-    def on_start(self, tracker: Any) -> None:
-        """Refresh the metadata with what the tracker knows once started."""
-        self._tracker = tracker
-        self.update_meta(**_tracker_meta(tracker))
+    def on_start(self, run: RunView) -> None:
+        """Refresh the metadata with what the run knows once started."""
+        self._run = run
+        self.update_meta(**_run_meta(run.info, run.predicted))
 
     def update_meta(self, **fields: Any) -> None:
         """Merge ``fields`` into the metadata and rewrite ``meta.json`` if anything changed."""
@@ -345,7 +317,7 @@ class SessionWriter:
             return
         with self._lock:
             self._meta.update(changed)
-            self._write_meta()
+            self._write_file(META, self._meta)
 
     def on_sample(self, sample: Sample) -> None:
         """Keep ``sample``; write it if ``interval`` has passed since the last written one."""
@@ -363,21 +335,14 @@ class SessionWriter:
             else:
                 self._pending = sample
 
-    def on_step(self, record: Any) -> None:
+    def on_step(self, record: StepRecord) -> None:
         """Write a step end (every one, not rate-limited) to ``events.jsonl``."""
         if self._closed:
             return
         with self._lock:
             if record.peak > self._session_peak:
                 self._session_peak = record.peak
-            line = (
-                f'{{"v":{SCHEMA_VERSION},"t":{record.time!r},"step":{int(record.step)},'
-                f'"kind":"step_end","message":"","data":{{"duration":{float(record.duration)!r},'
-                f'"bytes":{_bytes_json(record.bytes)},"total":{int(record.total)},'
-                f'"peak":{int(record.peak)},"peak_bytes":{_bytes_json(record.peak_bytes)},'
-                f'"session_peak":{self._session_peak}}}}}\n'
-            )
-            self._write(self._events, line)
+            self._write(self._events, step_line(record, self._session_peak))
             if self._pending is not None:
                 self._write_window(self._pending)
         if record.time - self._modules_written_at >= self.modules_interval:
@@ -391,52 +356,23 @@ class SessionWriter:
         """
         if self._closed or event.kind == EventKind.STEP_END:
             return
-        payload = {
-            "v": SCHEMA_VERSION,
-            "t": event.time,
-            "step": event.step,
-            "kind": str(event.kind),
-            "message": event.message,
-            "data": dict(event.data),
-        }
-        try:
-            line = json.dumps(payload, default=_jsonable, separators=(",", ":")) + "\n"
-        except (TypeError, ValueError):
-            payload["data"] = {k: str(v) for k, v in event.data.items()}
-            line = json.dumps(payload, separators=(",", ":")) + "\n"
+        line = event_line(event)
         with self._lock:
             self._write(self._events, line)
 
-    def on_close(self, tracker: Any = None, exc: BaseException | None = None) -> None:
+    def on_close(self, run: RunView | None = None, exc: BaseException | None = None) -> None:
         """Write the last sample, the modules and ``summary.json``; close the files."""
         if self._closed:
             return
-        tracker = tracker if tracker is not None else self._tracker
+        run = run if run is not None else self._run
         with self._lock:
             if self._pending is not None:
                 self._write_window(self._pending)
-        if tracker is not None:
-            self._write_modules(tracker)
-        summary: Any = None
-        if tracker is not None and hasattr(tracker, "summary"):
-            try:
-                summary = tracker.summary()
-            except Exception as error:  # a summary that fails still ends the session
-                summary = {"error": f"summary failed: {error!r}"}
-        payload = {
-            "v": SCHEMA_VERSION,
-            "end_time": self.clock(),
-            "status": "ok" if exc is None else "error",
-            "error": None if exc is None else f"{type(exc).__name__}: {exc}",
-            "session_peak": self._session_peak,
-            "summary": summary,
-        }
+        if run is not None:
+            self._write_modules(run)
+        payload = _end_payload(run, exc, self.clock(), self._session_peak)
         self.close()
-        if not self._failed:
-            try:
-                write_json_atomic(self._directory / "summary.json", payload)
-            except OSError as error:
-                self._fail(error)
+        self._write_file(SUMMARY, payload)
 
     def close(self) -> None:
         """Stop the flusher thread and close the files (no summary; see :meth:`on_close`)."""
@@ -447,49 +383,27 @@ class SessionWriter:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2.0)
         with self._lock:
-            for handle in (self._samples, self._events):
-                try:
-                    handle.close()
-                except OSError as error:
-                    self._fail(error)
+            self._sync_files(close=True)
 
     def flush(self) -> None:
         """Write the pending sample and push buffered lines to the operating system."""
         with self._lock:
             if self._pending is not None:
                 self._write_window(self._pending)
-            for handle in (self._samples, self._events):
-                try:
-                    handle.flush()
-                except OSError as error:
-                    self._fail(error)
+            self._sync_files()
 
     # -- internals ----------------------------------------------------------------------------
 
     def _write_window(self, latest: Sample) -> None:
         """Write the window's peak (if higher than ``latest``) and ``latest``; lock held."""
         peak = self._window_peak
+        cache = self._module_cache
         if peak is not None and peak is not latest and peak.total > latest.total:
-            self._write(self._samples, self._sample_line(peak, True))
-        self._write(self._samples, self._sample_line(latest, False))
+            self._write(self._samples, sample_line(peak, True, module_json(cache, peak.module)))
+        self._write(self._samples, sample_line(latest, False, module_json(cache, latest.module)))
         self._last_written_time = latest.time
         self._pending = None
         self._window_peak = None
-
-    def _sample_line(self, sample: Sample, is_peak: bool) -> str:
-        module = self._module_cache.get(sample.module)
-        if module is None:
-            module = json.dumps(sample.module)
-            if len(self._module_cache) < 4096:
-                self._module_cache[sample.module] = module
-        return (
-            f'{{"v":{SCHEMA_VERSION},"t":{sample.time!r},"step":{int(sample.step)},'
-            f'"phase":"{_PHASES.get(sample.phase) or sample.phase}","module":{module},'
-            f'"bytes":{_bytes_json(sample.bytes)},'
-            f'"total":{int(sample.total)},"peak":{"true" if is_peak else "false"},'
-            f'"allocator":{_reading(sample.allocator, _ALLOCATOR_FORMAT, _ALLOCATOR_GET)},'
-            f'"nvml":{_reading(sample.nvml, _NVML_FORMAT, _NVML_GET)}}}\n'
-        )
 
     def _write(self, handle: _RotatingFile, line: str) -> None:
         if self._failed:
@@ -499,29 +413,24 @@ class SessionWriter:
         except (OSError, ValueError) as error:
             self._fail(error)
 
-    def _write_meta(self) -> None:
+    def _write_file(self, name: str, payload: Mapping[str, Any]) -> None:
+        """Write ``payload`` atomically as the session file ``name`` (stops the stream on error)."""
+        if self._failed:
+            return
         try:
-            write_json_atomic(self._directory / "meta.json", self._meta)
+            write_text_atomic(self._directory / name, dumps(payload))
         except OSError as error:
             self._fail(error)
 
-    def _write_modules(self, tracker: Any = None) -> None:
-        tracker = tracker if tracker is not None else self._tracker
-        if tracker is None or self._failed:
+    def _write_modules(self, run: RunView | None = None) -> None:
+        run = run if run is not None else self._run
+        if run is None or self._failed:
             return
         try:
-            top = _top_modules(tracker)
-        except Exception:
+            top = [[name, value] for name, value in views.top_modules(run, 10)]
+        except Exception:  # the list is a convenience; the stream goes on without it
             return
-        if top is None:
-            return
-        try:
-            write_json_atomic(
-                self._directory / "modules.json",
-                {"v": SCHEMA_VERSION, "t": self.clock(), "activations": top},
-            )
-        except OSError as error:
-            self._fail(error)
+        self._write_file(MODULES, {"v": SCHEMA_VERSION, "t": self.clock(), "activations": top})
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -531,11 +440,18 @@ class SessionWriter:
                 pending = self._pending
                 if pending is not None and self.clock() - pending.time >= self.interval:
                     self._write_window(pending)
-                for handle in (self._samples, self._events):
-                    try:
-                        handle.flush()
-                    except (OSError, ValueError) as error:
-                        self._fail(error)
+                self._sync_files()
+
+    def _sync_files(self, *, close: bool = False) -> None:
+        """Flush (or close) both ``.jsonl`` files; lock held. A failure stops the stream."""
+        for handle in (self._samples, self._events):
+            try:
+                if close:
+                    handle.close()
+                else:
+                    handle.flush()
+            except (OSError, ValueError) as error:
+                self._fail(error)
 
     def _fail(self, error: BaseException) -> None:
         if self._failed:
@@ -546,66 +462,6 @@ class SessionWriter:
             RuntimeWarning,
             stacklevel=2,
         )
-
-
-def _bytes_json(values: tuple[int, ...]) -> str:
-    """Per-category bytes as a JSON object keyed by category name."""
-    if len(values) == len(_CATEGORY_NAMES):
-        return _BYTES_FORMAT % values
-    return (
-        "{"
-        + ",".join(f'"{n}":{int(v)}' for n, v in zip(_CATEGORY_NAMES, values, strict=False))
-        + "}"
-    )
-
-
-def _tracker_meta(tracker: Any) -> dict[str, Any]:
-    """The metadata fields a tracker can tell: device, model, mode, predictions, capacity."""
-    meta: dict[str, Any] = {}
-    device = getattr(tracker, "device", None)
-    if device is not None:
-        meta["device"] = str(device)
-        meta["device_type"] = getattr(device, "type", None)
-        meta["device_index"] = getattr(device, "index", None)
-    for key in ("mode", "model_class", "param_count", "capacity"):
-        value = getattr(tracker, key, None)
-        if value is not None:
-            meta[key] = value if isinstance(value, int | float | str) else str(value)
-    predicted = getattr(tracker, "predicted", None)
-    if isinstance(predicted, Mapping):
-        meta["predicted"] = {str(k): (None if v is None else int(v)) for k, v in predicted.items()}
-    return meta
-
-
-def _top_modules(tracker: Any, limit: int = 10) -> list[list[Any]] | None:
-    """The ``limit`` modules holding the most activation bytes, as ``[[name, bytes], ...]``.
-
-    Asks ``tracker.top_modules(limit)`` where the tracker has it; else reads the tracker's
-    per-module counters; else its ``modules()`` DataFrame, but only when pandas is already
-    imported (importing it would stall the training loop for a second).
-    """
-    top = getattr(tracker, "top_modules", None)
-    if callable(top):
-        return [[str(name), int(value)] for name, value in top(limit)]
-    stats = getattr(tracker, "_module_stats", None)
-    pairs: list[tuple[str, int]]
-    if isinstance(stats, Mapping):
-        pairs = [(str(name), int(max(s[1], s[2]))) for name, s in list(stats.items())]
-    elif "pandas" in sys.modules and hasattr(tracker, "modules"):
-        frame = tracker.modules()
-        if frame is None or "activations" not in frame.columns:
-            return None
-        names = frame["module"] if "module" in frame.columns else frame.index
-        pairs = [
-            (str(name), int(value))
-            for name, value in zip(names, frame["activations"], strict=False)
-            if value == value  # not NaN
-        ]
-    else:
-        return None
-    pairs = [pair for pair in pairs if pair[1] > 0]
-    pairs.sort(key=lambda pair: (-pair[1], pair[0]))
-    return [[name, value] for name, value in pairs[:limit]]
 
 
 class _RotatingFile:

@@ -19,7 +19,7 @@ import tempfile
 import time
 
 from profiler.records import AllocatorReading, NvmlReading, Phase, Sample, StepRecord
-from profiler.stream import SessionWriter
+from profiler.session.writer import SessionWriter
 
 GIB = 1024**3
 

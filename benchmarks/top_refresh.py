@@ -6,8 +6,8 @@ Run::
 
 Setup: 8 scripted GPUs and 200 processes (a :class:`~profiler.backends.fake.FakeSource`, no
 NVML; 20 processes change their memory every second, which reorders the table), and 16 real
-sessions on disk, each written by a :class:`~profiler.stream.SessionWriter` at 10 samples a
-second plus one step end a second. The app runs headless at 160x60.
+sessions on disk, each written by a :class:`~profiler.session.writer.SessionWriter` at 10
+samples a second plus one step end a second. The app runs headless at 160x60.
 
 Prints:
 
@@ -33,8 +33,8 @@ import time
 from profiler.backends.base import DeviceInfo, ProcessInfo
 from profiler.backends.fake import FakeSource
 from profiler.records import Phase, Sample, StepRecord
-from profiler.sessions import SessionReader
-from profiler.stream import SessionWriter
+from profiler.session.reader import SessionReader
+from profiler.session.writer import SessionWriter
 from tui.snapshot import SnapshotBuilder
 
 GIB = 1024**3

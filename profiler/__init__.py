@@ -44,7 +44,7 @@ _LAZY = {
     "load_report": "profiler.oom",
     "OomReport": "profiler.report.model",
     "Waterfall": "profiler.waterfall",
-    "SessionReader": "profiler.sessions",
+    "SessionReader": "profiler.session.reader",
 }
 
 __all__ = [

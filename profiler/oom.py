@@ -308,7 +308,7 @@ def build_report(tracker: Any, exc: BaseException | None = None) -> OomReport:
 
 def reports_dir(home: str | os.PathLike[str] | None = None) -> Path:
     """``<gpumem home>/reports``, created with mode 0700: where reports go without a session."""
-    from profiler.stream import gpumem_home
+    from profiler.session.layout import gpumem_home
 
     path = gpumem_home(home) / "reports"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -517,7 +517,7 @@ def find_report(target: str, home: str | os.PathLike[str] | None = None) -> Path
         if found is not None and found.name not in ("meta.json", "summary.json", "modules.json"):
             return found
         raise StreamError(f"no OOM report in {path}", hint="the session ended without an OOM")
-    from profiler.stream import gpumem_home
+    from profiler.session.layout import gpumem_home
 
     root = gpumem_home(home, create=False)
     if target == "latest":

@@ -30,7 +30,7 @@ from profiler.records import (
     SessionInfo,
     StepRecord,
 )
-from profiler.stream import SessionWriter
+from profiler.session.writer import SessionWriter
 from profiler.tracking import Engine, Options
 from profiler.units import format_bytes
 
@@ -168,7 +168,7 @@ class MemoryTracker:
         options = engine.options
         if options.stream:
             try:
-                writer = SessionWriter.for_tracker(self, home=options.home)
+                writer = SessionWriter.for_run(self, home=options.home)
                 self._state.session_dir = writer.directory
                 engine.history.observers.append(writer)
             except Exception as error:

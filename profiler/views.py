@@ -112,7 +112,12 @@ def top_modules(run: RunView, limit: int = 10) -> list[tuple[str, int]]:
 
 
 def summary(run: RunView) -> dict[str, Any]:
-    """A JSON-able summary of the session (written to the stream at the end)."""
+    """A JSON-able summary of the run (the stream's ``summary.json`` carries it).
+
+    Keys: ``name``, ``mode``, ``device``, ``steps``, ``peak_bytes``, ``current_bytes``,
+    ``capacity``, ``start_time``, ``end_time``, ``categories`` (category name → ``current``,
+    ``peak``, ``at_peak``, ``predicted`` bytes) and ``oom`` (whether the run failed).
+    """
     info = run.info
     peaks = run.peaks
     predicted = run.predicted

@@ -18,15 +18,24 @@ import pytest
 from profiler.records import (
     CATEGORIES,
     AllocatorReading,
+    Category,
     Event,
     EventKind,
+    Failure,
+    LiveStorage,
+    ModuleActivity,
     NvmlReading,
+    Peaks,
     Phase,
     Sample,
+    SessionInfo,
     StepRecord,
 )
-from profiler.sessions import JsonlTail, SessionMeta, SessionReader, prune_sessions
-from profiler.stream import SCHEMA_VERSION, SessionWriter, gpumem_home, sessions_dir
+from profiler.run import RunView
+from profiler.session.files import JsonlTail
+from profiler.session.layout import gpumem_home, prune_sessions, sessions_dir
+from profiler.session.reader import SessionMeta, SessionReader, _process_alive
+from profiler.session.writer import SCHEMA_VERSION, SessionWriter
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = 1_800_000_000.0
@@ -215,36 +224,112 @@ def test_step_ends_and_events(tmp_path: Path) -> None:
     assert records[2]["data"] == {"category": "activations", "weird": [1, 2]}
 
 
-class _Tracker:
-    name = "stub"
-    start_time = T0
-    mode = "exact"
-    model_class = "Tiny"
-    param_count = 42
-    capacity = None
-    device = None
+def _info(**changes: object) -> SessionInfo:
+    fields: dict[str, object] = {
+        "name": "stub",
+        "mode": "exact",
+        "device": "cuda:1",
+        "device_type": "cuda",
+        "device_index": 1,
+        "rounding": 512,
+        "capacity": None,
+        "gpu_name": None,
+        "pid": os.getpid(),
+        "step": 3,
+        "model_class": "Tiny",
+        "param_count": 42,
+        "trainable_param_count": 42,
+        "optimizer_class": None,
+        "observed_batch": None,
+        "observed_seq": None,
+        "kv_tokens": None,
+        "kv_cache_reused": False,
+        "autocast_dtype": None,
+        "checkpointing": None,
+        "attention_impl": None,
+        "training": True,
+        "start_time": T0,
+        "end_time": T0 + 5,
+        "session_dir": None,
+        "home": None,
+    }
+    fields.update(changes)
+    return SessionInfo(**fields)  # type: ignore[arg-type]
 
-    def __init__(self) -> None:
-        self.predicted = {c: (10 if c == "weights" else None) for c in CATEGORIES}
-        self._module_stats = {"a": [1, 0, 500], "b": [1, 700, 0], "c": [1, 0, 0]}
 
-    def summary(self) -> dict[str, object]:
-        return {"steps": 3, "peak_bytes": 1234}
+class _Run:
+    """A finished run as a :class:`RunView` (what the writer may read of it)."""
+
+    def __init__(self, info: SessionInfo) -> None:
+        self.info = info
+        self.samples: list[Sample] = []
+        self.steps: list[StepRecord] = []
+        self.failure: Failure | None = None
+        self.predicted: dict[Category, int | None] = {
+            c: (10 if c == Category.WEIGHTS else None) for c in CATEGORIES
+        }
+        self.device_total: int | None = None
+        self.model: object = None
+        # weights 1000 now and at the peak; activations 234 at the peak, 300 at their highest.
+        self.peaks = Peaks(
+            total=1234,
+            at_peak=(1000, 0, 0, 0, 234, 0, 0, 0),
+            by_category=(1000, 0, 0, 0, 300, 0, 0, 0),
+            current=(1000, 0, 0, 0, 0, 0, 0, 0),
+        )
+
+    def module_activity(self) -> list[ModuleActivity]:
+        return [
+            ModuleActivity("a", 1, 500, 500, 600, None),
+            ModuleActivity("b", 1, 700, 700, 800, None),
+            ModuleActivity("c", 1, 0, 0, 0, None),  # saved nothing: left out
+            ModuleActivity("d", 1, None, None, None, None),  # not measured: left out
+        ]
+
+    def live_storages(self) -> list[LiveStorage]:
+        return []
+
+    def kv_caches(self) -> list[object]:
+        return []
 
 
-def test_tracker_meta_summary_and_modules(tmp_path: Path) -> None:
-    tracker = _Tracker()
-    w = SessionWriter.for_tracker(tracker, home=tmp_path)
-    w.on_start(tracker)
+def test_run_meta_summary_and_modules(tmp_path: Path) -> None:
+    run = _Run(_info(home=str(tmp_path)))
+    view: RunView = run  # mypy checks the fake against the protocol
+    w = SessionWriter.for_run(view)
+    assert w.directory.parent == tmp_path / "sessions"  # the home comes from run.info
+    assert w.directory.name.endswith(f"-{os.getpid()}-stub")
+    w.on_start(view)
     meta = json.loads((w.directory / "meta.json").read_text())
-    assert meta["name"] == "stub"
-    assert meta["pid"] == os.getpid()
+    assert (meta["name"], meta["pid"], meta["start_time"]) == ("stub", os.getpid(), T0)
+    assert (meta["device"], meta["device_type"], meta["device_index"]) == ("cuda:1", "cuda", 1)
     assert (meta["mode"], meta["model_class"], meta["param_count"]) == ("exact", "Tiny", 42)
+    assert "capacity" not in meta  # not simulated
     assert meta["predicted"]["weights"] == 10 and meta["predicted"]["activations"] is None
-    w.on_close(tracker, None)
+    w.on_close(run, None)
     summary = json.loads((w.directory / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["error"] is None
-    assert summary["summary"] == {"steps": 3, "peak_bytes": 1234}
+    body = summary["summary"]
+    assert (body["name"], body["mode"], body["device"], body["steps"]) == (
+        "stub",
+        "exact",
+        "cuda:1",
+        3,
+    )
+    assert (body["peak_bytes"], body["current_bytes"], body["oom"]) == (1234, 1000, False)
+    assert (body["start_time"], body["end_time"], body["capacity"]) == (T0, T0 + 5, None)
+    assert body["categories"]["weights"] == {
+        "current": 1000,
+        "peak": 1000,
+        "at_peak": 1000,
+        "predicted": 10,
+    }
+    assert body["categories"]["activations"] == {
+        "current": 0,
+        "peak": 300,
+        "at_peak": 234,
+        "predicted": None,
+    }
     modules = json.loads((w.directory / "modules.json").read_text())
     assert modules["activations"] == [["b", 700], ["a", 500]]
 
@@ -414,7 +499,7 @@ def test_sigkill_loses_at_most_the_last_interval(tmp_path: Path) -> None:
         f"""
         import sys, time
         from profiler.records import Phase, Sample
-        from profiler.stream import SessionWriter
+        from profiler.session.writer import SessionWriter
         w = SessionWriter.create(home={str(tmp_path)!r}, name="killed", interval=0.05)
         t = time.time()
         for i in range(200):
@@ -452,7 +537,7 @@ def test_sigkill_loses_at_most_the_last_interval(tmp_path: Path) -> None:
 
 def test_profiler_stream_imports_no_textual_or_pandas() -> None:
     code = (
-        "import sys, profiler.stream, profiler.sessions;"
+        "import sys, profiler.session.writer, profiler.session.reader;"
         "print(sorted(m for m in ('textual', 'pandas', 'rich') if m in sys.modules))"
     )
     out = subprocess.run(
@@ -466,8 +551,6 @@ def test_profiler_stream_imports_no_textual_or_pandas() -> None:
 
 
 def test_a_reused_pid_does_not_keep_a_session_alive() -> None:
-    from profiler.sessions import _process_alive
-
     now = time.time()
     assert _process_alive(os.getpid(), now) is True
     # A session that started an hour before this process cannot be this process.

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from profiler.backends.base import DeviceInfo, DeviceSource, ProcessInfo
 from profiler.records import CATEGORIES
-from profiler.sessions import SessionView
+from profiler.session.reader import SessionView
 from profiler.units import format_bytes
 
 __all__ = [
@@ -40,7 +40,7 @@ PROCESS_SORTS: tuple[str, ...] = ("memory", "pid", "user", "command")
 
 
 class SessionSource(Protocol):
-    """Anything that lists sessions (a :class:`~profiler.sessions.SessionReader`, a test script)."""
+    """Anything that lists sessions (a :class:`~profiler.session.reader.SessionReader`, a fake)."""
 
     def poll(self) -> list[SessionView]:
         """Every listed session, live ones first."""

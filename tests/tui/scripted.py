@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from profiler.backends.base import DeviceInfo, ProcessInfo
 from profiler.records import CATEGORIES
-from profiler.sessions import HistoryPoint, SessionEvent, SessionMeta, SessionView, StepPoint
+from profiler.session.reader import HistoryPoint, SessionEvent, SessionMeta, SessionView, StepPoint
 from tui.snapshot import SnapshotBuilder
 
 GIB = 1024**3

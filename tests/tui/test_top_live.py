@@ -1,7 +1,7 @@
 """A real tracked program in a subprocess: its session appears, advances and ends in the reader.
 
 Runs ``recipes/train_dashboard.py`` for a few seconds with ``GPUMEM_HOME`` in a temporary
-directory, and watches it through :class:`~profiler.sessions.SessionReader` and
+directory, and watches it through :class:`~profiler.session.reader.SessionReader` and
 ``gpumem top --once --json``, the same way a user's second terminal would.
 """
 
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from profiler.sessions import SessionReader, SessionView
+from profiler.session.reader import SessionReader, SessionView
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -22,8 +22,8 @@ from scripted import (
 
 from profiler.errors import BackendUnavailable
 from profiler.records import Phase, Sample
-from profiler.sessions import SessionEvent
-from profiler.stream import SessionWriter
+from profiler.session.reader import SessionEvent
+from profiler.session.writer import SessionWriter
 from tui.cli import main
 from tui.snapshot import (
     EMPTY_SNAPSHOT,

@@ -48,7 +48,7 @@ def _positive(text: str, option: str, *, kind: type = float) -> Any:
 
 def make_builder(args: argparse.Namespace) -> Any:
     """The snapshot builder the options describe (NVML is opened later, off the UI thread)."""
-    from profiler.sessions import SessionReader
+    from profiler.session.reader import SessionReader
     from tui.snapshot import SnapshotBuilder
 
     if args.home is not None:

@@ -15,7 +15,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from profiler.sessions import SessionView
+from profiler.session.reader import SessionView
 from tui.snapshot import EMPTY_SNAPSHOT, PROCESS_SORTS, Snapshot, sort_processes
 from tui.widgets.render import (
     process_row,

@@ -16,7 +16,7 @@ from rich.text import Text
 
 from profiler.backends.base import DeviceInfo, ProcessInfo
 from profiler.records import CATEGORIES
-from profiler.sessions import SessionView
+from profiler.session.reader import SessionView
 from profiler.units import format_bytes
 from tui.snapshot import (
     Snapshot,

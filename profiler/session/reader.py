@@ -8,7 +8,8 @@ bounded history, and the metadata, modules and summary files (re-read when they 
 It survives whatever it finds on disk: a torn last line is held back until it is complete (and is
 never parsed if the writer died mid-line), a corrupt line or file is counted in ``skipped`` and
 passed over, unknown fields are ignored, and a session whose ``meta.json`` is unreadable is still
-shown with what its directory name says (``<start>-<host>-<pid>-<name>``).
+shown with what its directory name says (parsed by :mod:`profiler.session.layout`). Files are
+opened in :mod:`profiler.session.files` only.
 
 A session is *live* while it has no ``summary.json`` and its pid exists (same host; for another
 host, while its files changed in the last ``stale_after`` seconds). Ended sessions stay listed for
@@ -17,30 +18,36 @@ host, while its files changed in the last ``stale_after`` seconds). Ended sessio
 
 from __future__ import annotations
 
-import calendar
-import json
 import os
-import shutil
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from profiler.records import CATEGORIES
-from profiler.stream import _safe_name, gpumem_home
+from profiler.session import files
+from profiler.session.files import JsonlTail
+from profiler.session.layout import (
+    EVENTS,
+    META,
+    MODULES,
+    SAMPLES,
+    SUMMARY,
+    host_matches,
+    parse_session_name,
+    sessions_dir,
+)
 
 __all__ = [
     "HistoryPoint",
-    "JsonlTail",
     "SessionEvent",
     "SessionMeta",
     "SessionReader",
     "SessionView",
     "StepPoint",
-    "prune_sessions",
 ]
 
 _CATEGORY_NAMES = tuple(str(c) for c in CATEGORIES)
@@ -139,24 +146,24 @@ class SessionMeta:
 
     @classmethod
     def from_directory(cls, directory: Path) -> SessionMeta:
-        """What the directory name ``<YYYYmmddTHHMMSS.ffffff>-<host>-<pid>-<name>[-N]`` says."""
-        parts = directory.name.split("-")
-        start = pid = host = None
-        name = directory.name
-        if len(parts) in (4, 5) and parts[2].isdigit():
-            try:
-                stamp, _, micro = parts[0].partition(".")
-                start = calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%S")) + int(micro) / 1e6
-            except ValueError:
-                start = None
-            host, pid, name = parts[1], int(parts[2]), parts[3]
+        """What the directory name says (:func:`~profiler.session.layout.parse_session_name`)."""
+        parsed = parse_session_name(directory.name)
+        if parsed is None:
+            return cls(
+                id=directory.name,
+                directory=str(directory),
+                name=directory.name,
+                pid=None,
+                host=None,
+                start_time=None,
+            )
         return cls(
             id=directory.name,
             directory=str(directory),
-            name=name,
-            pid=pid,
-            host=host,
-            start_time=start,
+            name=parsed.name,
+            pid=parsed.pid,
+            host=parsed.host,
+            start_time=parsed.start_time,
         )
 
 
@@ -227,117 +234,6 @@ class SessionView:
         return self.meta.id
 
 
-class JsonlTail:
-    """Reads the JSON lines appended to a file since the last call.
-
-    Remembers its offset; a file replaced (rotation: another inode at the path) is drained and
-    reopened, a truncated one is reread from the start. A line is parsed only once its newline
-    is there. On first open of a file larger than ``initial_bytes`` only its last
-    ``initial_bytes`` are read.
-    """
-
-    def __init__(self, path: Path, *, initial_bytes: int = 256 * 1024) -> None:
-        self.path = path
-        self.initial_bytes = initial_bytes
-        self.skipped = 0
-        self._handle: IO[bytes] | None = None
-        self._inode: int | None = None
-        self._buffer = b""
-        self._drop_first = False
-
-    def read(self) -> list[dict[str, Any]]:
-        """The complete, well-formed JSON objects appended since the last call."""
-        chunks: list[bytes] = []
-        try:
-            stat = os.stat(self.path)
-        except OSError:
-            stat = None
-        if self._handle is not None and stat is not None and stat.st_ino != self._inode:
-            chunks.append(self._handle.read())  # the rotated file's last lines
-            self._close()
-            records = self._split(b"".join(chunks), final=True)
-            chunks = []
-        else:
-            records = []
-        if self._handle is None:
-            if stat is None:
-                return records
-            try:
-                self._handle = open(self.path, "rb")  # noqa: SIM115
-            except OSError:
-                return records
-            self._inode = os.fstat(self._handle.fileno()).st_ino
-            size = stat.st_size
-            if size > self.initial_bytes:
-                self._handle.seek(size - self.initial_bytes)
-                self._drop_first = True
-        elif stat is not None and stat.st_size < self._handle.tell():
-            self._handle.seek(0)  # truncated
-            self._buffer = b""
-        try:
-            data = self._handle.read()
-        except OSError:
-            return records
-        records.extend(self._split(data, final=False))
-        return records
-
-    def close(self) -> None:
-        """Close the file (a later :meth:`read` reopens it at its end window)."""
-        self._close()
-
-    def _close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-        self._handle = None
-        self._inode = None
-        self._buffer = b""
-        self._drop_first = False
-
-    def _split(self, data: bytes, *, final: bool) -> list[dict[str, Any]]:
-        if not data and not final:
-            return []
-        data = self._buffer + data
-        lines = data.split(b"\n")
-        self._buffer = b"" if final else lines.pop()
-        if len(self._buffer) > 4 * 1024 * 1024:  # a "line" this long is garbage
-            self._buffer = b""
-            self.skipped += 1
-        if self._drop_first and lines:
-            lines.pop(0)
-            self._drop_first = False
-        out: list[dict[str, Any]] = []
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except ValueError:
-                self.skipped += 1
-                continue
-            if isinstance(value, dict):
-                out.append(value)
-            else:
-                self.skipped += 1
-        return out
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object from ``path``; ``None`` if missing, unreadable or not an object."""
-    try:
-        with open(path, "rb") as handle:
-            value = json.loads(handle.read())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _mtime(path: Path) -> float | None:
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return None
-
-
 class _SessionState:
     """What the reader keeps about one session between polls."""
 
@@ -345,8 +241,8 @@ class _SessionState:
         self.directory = directory
         self.meta = SessionMeta.from_directory(directory)
         self.meta_mtime: float | None = None
-        self.samples = JsonlTail(directory / "samples.jsonl")
-        self.events_tail = JsonlTail(directory / "events.jsonl")
+        self.samples = JsonlTail(directory / SAMPLES)
+        self.events_tail = JsonlTail(directory / EVENTS)
         self.history: deque[HistoryPoint] = deque(maxlen=history)
         self.steps: deque[StepPoint] = deque(maxlen=history)
         self.events: deque[SessionEvent] = deque(maxlen=events)
@@ -364,11 +260,11 @@ class _SessionState:
 
     def update(self) -> None:
         """Read whatever changed on disk since the last call."""
-        meta_path = self.directory / "meta.json"
-        mtime = _mtime(meta_path)
+        meta_path = self.directory / META
+        mtime = files.mtime(meta_path)
         if mtime is not None and mtime != self.meta_mtime:
             self.meta_mtime = mtime
-            data = _read_json(meta_path)
+            data = files.read_json(meta_path)
             if data is None:
                 self.bad_files += 1
                 self.error = "meta.json unreadable"
@@ -379,11 +275,11 @@ class _SessionState:
             self._sample(record)
         for record in self.events_tail.read():
             self._event(record)
-        modules_path = self.directory / "modules.json"
-        mtime = _mtime(modules_path)
+        modules_path = self.directory / MODULES
+        mtime = files.mtime(modules_path)
         if mtime is not None and mtime != self.modules_mtime:
             self.modules_mtime = mtime
-            data = _read_json(modules_path)
+            data = files.read_json(modules_path)
             pairs = data.get("activations") if data is not None else None
             if isinstance(pairs, list):
                 self.modules = tuple(
@@ -392,13 +288,13 @@ class _SessionState:
                     if isinstance(p, list) and len(p) == 2 and _int_or_none(p[1]) is not None
                 )
         if not self.summary_read:
-            summary_path = self.directory / "summary.json"
+            summary_path = self.directory / SUMMARY
             if summary_path.exists():
                 self.summary_read = True
-                data = _read_json(summary_path)
+                data = files.read_json(summary_path)
                 if data is None:
                     self.bad_files += 1
-                    data = {"status": "unreadable", "end_time": _mtime(summary_path)}
+                    data = {"status": "unreadable", "end_time": files.mtime(summary_path)}
                 self.summary = data
                 peak = _int_or_none(data.get("session_peak"))
                 if peak is not None and (self.peak is None or peak > self.peak):
@@ -519,12 +415,6 @@ class _SessionState:
         self.events_tail.close()
 
 
-def _default_pid_exists(pid: int) -> bool:
-    import psutil
-
-    return bool(psutil.pid_exists(pid))
-
-
 def _process_alive(pid: int, start_time: float | None) -> bool:
     """Whether ``pid`` runs and is the process that started at ``start_time`` (not a reuse)."""
     import psutil
@@ -540,8 +430,8 @@ def _process_alive(pid: int, start_time: float | None) -> bool:
 
 def _newest_mtime(directory: Path) -> float | None:
     newest = None
-    for name in ("samples.jsonl", "events.jsonl", "meta.json"):
-        mtime = _mtime(directory / name)
+    for name in (SAMPLES, EVENTS, META):
+        mtime = files.mtime(directory / name)
         if mtime is not None and (newest is None or mtime > newest):
             newest = mtime
     return newest
@@ -574,8 +464,8 @@ class SessionReader:
         pid_exists: Callable[[int], bool] | None = None,
         host: str | None = None,
     ) -> None:
-        self.home = gpumem_home(home, create=False)
-        self.root = self.home / "sessions"
+        self.root = sessions_dir(home, create=False)
+        self.home = self.root.parent
         self.history = history
         self.events = events
         self.ended_for = ended_for
@@ -631,14 +521,14 @@ class SessionReader:
         self._states.clear()
 
     def _same_host(self, host: str | None) -> bool:
-        return host is None or host == self.host or host == _safe_name(self.host)
+        return host_matches(host, self.host)
 
     def _long_ended(self, directory: Path, now: float) -> bool:
         """Whether a session found for the first time ended more than ``ended_for`` ago."""
-        summary_path = directory / "summary.json"
-        summary_mtime = _mtime(summary_path)
+        summary_path = directory / SUMMARY
+        summary_mtime = files.mtime(summary_path)
         if summary_mtime is not None:
-            end = _float_or_none((_read_json(summary_path) or {}).get("end_time"))
+            end = _float_or_none((files.read_json(summary_path) or {}).get("end_time"))
             return now - (summary_mtime if end is None else end) > self.ended_for
         meta = SessionMeta.from_directory(directory)
         newest = _newest_mtime(directory)
@@ -658,7 +548,7 @@ class SessionReader:
         if summary is not None:
             end = _float_or_none(summary.get("end_time"))
             if end is None:
-                end = _mtime(state.directory / "summary.json") or now
+                end = files.mtime(state.directory / SUMMARY) or now
             status = _str_or_none(summary.get("status")) or "ok"
             if now - end > self.ended_for:
                 return None
@@ -682,46 +572,3 @@ class SessionReader:
         if now - state.ended_at > self.ended_for:
             return None
         return state.view(False, state.ended_at, "killed", None)
-
-
-def prune_sessions(
-    home: str | os.PathLike[str] | None = None,
-    *,
-    keep: int = 64,
-    pid_exists: Callable[[int], bool] | None = None,
-    host: str | None = None,
-) -> list[Path]:
-    """Remove the oldest ended session directories beyond the newest ``keep``; return them.
-
-    A session counts as ended when it has a ``summary.json``, or its pid no longer exists on this
-    host. Live sessions and sessions of other hosts without a summary are never removed.
-    """
-    root = gpumem_home(home, create=False) / "sessions"
-    pid_exists = pid_exists or _default_pid_exists
-    this_host = host if host is not None else socket.gethostname()
-    try:
-        names = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
-    except OSError:
-        return []
-    ended: list[Path] = []
-    for name in names:
-        directory = root / name
-        if (directory / "summary.json").exists():
-            ended.append(directory)
-            continue
-        meta = SessionMeta.from_directory(directory)
-        same = meta.host in (None, this_host, _safe_name(this_host))
-        if same and meta.pid is not None and not pid_exists(meta.pid):
-            ended.append(directory)
-    doomed = ended[: max(0, len(ended) - keep)]
-    for directory in doomed:
-        shutil.rmtree(directory, ignore_errors=True)
-    return doomed
-
-
-def iter_lines(path: Path) -> Iterable[dict[str, Any]]:
-    """Every well-formed JSON object in a ``.jsonl`` file (corrupt and torn lines skipped)."""
-    tail = JsonlTail(path, initial_bytes=1 << 62)
-    records = tail.read()
-    tail.close()
-    return records

@@ -1,0 +1,182 @@
+"""Where sessions live on disk: the home, the sessions folder, the directory names, pruning.
+
+The one owner of the on-disk layout both the writer and the reader follow::
+
+    $GPUMEM_HOME/                      (or $XDG_CACHE_HOME/gpumem, else ~/.cache/gpumem; 0700)
+      sessions/                        (0700)
+        <YYYYmmddTHHMMSS.ffffff>-<host>-<pid>-<name>[-N]/
+          meta.json  samples.jsonl  events.jsonl  modules.json  summary.json
+
+A session directory's name is written by :func:`make_session_dir` and parsed by
+:func:`parse_session_name`, both here: the UTC start time (so names sort by start), the host and
+the session name reduced by :func:`safe_name` (``-`` never appears inside a field), the pid, and a
+``-N`` suffix when two sessions start in the same microsecond. Plain files only: no torch.
+"""
+
+from __future__ import annotations
+
+import calendar
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "EVENTS",
+    "META",
+    "MODULES",
+    "SAMPLES",
+    "SUMMARY",
+    "SessionName",
+    "format_session_name",
+    "gpumem_home",
+    "host_matches",
+    "make_session_dir",
+    "parse_session_name",
+    "prune_sessions",
+    "safe_name",
+    "sessions_dir",
+]
+
+#: The files of one session directory.
+META = "meta.json"
+SAMPLES = "samples.jsonl"
+EVENTS = "events.jsonl"
+MODULES = "modules.json"
+SUMMARY = "summary.json"
+
+_STAMP = "%Y%m%dT%H%M%S"
+
+
+def gpumem_home(home: str | os.PathLike[str] | None = None, *, create: bool = True) -> Path:
+    """The per-user gpumem directory, created with mode 0700 when ``create``.
+
+    ``home`` if given, else ``$GPUMEM_HOME``, else ``$XDG_CACHE_HOME/gpumem``, else
+    ``~/.cache/gpumem``.
+    """
+    if home is not None:
+        path = Path(home)
+    elif os.environ.get("GPUMEM_HOME"):
+        path = Path(os.environ["GPUMEM_HOME"])
+    elif os.environ.get("XDG_CACHE_HOME"):
+        path = Path(os.environ["XDG_CACHE_HOME"]) / "gpumem"
+    else:
+        path = Path.home() / ".cache" / "gpumem"
+    path = path.expanduser()
+    if create:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def sessions_dir(home: str | os.PathLike[str] | None = None, *, create: bool = True) -> Path:
+    """The folder holding one directory per session (``<home>/sessions``)."""
+    path = gpumem_home(home, create=create) / "sessions"
+    if create:
+        path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def safe_name(name: str) -> str:
+    """``name`` reduced to characters safe in a directory name (no ``-``: it separates fields)."""
+    cleaned = "".join(c if c.isalnum() or c in "._" else "_" for c in name).strip("._")
+    return cleaned[:48] or "session"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionName:
+    """What a session directory's name says (host and name as reduced by :func:`safe_name`)."""
+
+    start_time: float | None  # None: the time stamp did not parse
+    host: str
+    pid: int
+    name: str
+
+
+def format_session_name(start_time: float, host: str, pid: int, name: str) -> str:
+    """The directory name ``<YYYYmmddTHHMMSS.ffffff>-<host>-<pid>-<name>`` (UTC start time)."""
+    stamp = time.strftime(_STAMP, time.gmtime(start_time)) + f".{int(start_time % 1 * 1e6):06d}"
+    return f"{stamp}-{safe_name(host)}-{int(pid)}-{safe_name(name)}"
+
+
+def parse_session_name(directory_name: str) -> SessionName | None:
+    """The fields of a name :func:`format_session_name` wrote (with or without a ``-N`` suffix).
+
+    ``None`` when the name has not that shape; ``start_time`` is ``None`` when only the time
+    stamp is malformed.
+    """
+    parts = directory_name.split("-")
+    if len(parts) not in (4, 5) or not parts[2].isdigit():
+        return None
+    try:
+        stamp, _, micro = parts[0].partition(".")
+        start: float | None = calendar.timegm(time.strptime(stamp, _STAMP)) + int(micro) / 1e6
+    except ValueError:
+        start = None
+    return SessionName(start_time=start, host=parts[1], pid=int(parts[2]), name=parts[3])
+
+
+def make_session_dir(root: Path, start_time: float, host: str, pid: int, name: str) -> Path:
+    """Create (mode 0700) and return a new session directory under ``root``, unique by suffix."""
+    base = format_session_name(start_time, host, pid, name)
+    directory = root / base
+    suffix = 1
+    while True:
+        try:
+            directory.mkdir(mode=0o700)
+            return directory
+        except FileExistsError:
+            suffix += 1
+            directory = root / f"{base}-{suffix}"
+
+
+def host_matches(recorded: str | None, host: str) -> bool:
+    """Whether a session's recorded host (from its metadata or directory name) is ``host``.
+
+    ``None`` (unknown) counts as this host, and so does the name reduced by :func:`safe_name`.
+    """
+    return recorded is None or recorded == host or recorded == safe_name(host)
+
+
+def _default_pid_exists(pid: int) -> bool:
+    import psutil
+
+    return bool(psutil.pid_exists(pid))
+
+
+def prune_sessions(
+    home: str | os.PathLike[str] | None = None,
+    *,
+    keep: int = 64,
+    pid_exists: Callable[[int], bool] | None = None,
+    host: str | None = None,
+) -> list[Path]:
+    """Remove the oldest ended session directories beyond the newest ``keep``; return them.
+
+    A session counts as ended when it has a ``summary.json``, or its pid no longer exists on this
+    host. Live sessions and sessions of other hosts without a summary are never removed.
+    """
+    root = sessions_dir(home, create=False)
+    pid_exists = pid_exists or _default_pid_exists
+    this_host = host if host is not None else socket.gethostname()
+    try:
+        names = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    except OSError:
+        return []
+    ended: list[Path] = []
+    for name in names:
+        directory = root / name
+        if (directory / SUMMARY).exists():
+            ended.append(directory)
+            continue
+        parsed = parse_session_name(name)
+        if parsed is None or not host_matches(parsed.host, this_host):
+            continue  # not a session name, or another host's live-or-not session
+        if not pid_exists(parsed.pid):
+            ended.append(directory)
+    doomed = ended[: max(0, len(ended) - keep)]
+    for directory in doomed:
+        shutil.rmtree(directory, ignore_errors=True)
+    return doomed

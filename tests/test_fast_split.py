@@ -202,3 +202,26 @@ def test_a_leak_hunt_swaps_in_the_exact_ledger_and_back(scripted) -> None:
     assert forward_end.total == BASE + weight_bytes(model) + ACT
     by = forward_end.by_category()
     assert (by[Category.ACTIVATIONS], by[Category.OTHER]) == (ACT - x.nbytes, BASE + x.nbytes)
+
+
+def test_a_subclass_step_calling_super_ends_one_step(scripted) -> None:
+    model, _ = scripted
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # torch patches SGD.step too
+    mem = run(model, steps=3)  # ScratchSGD.step -> SGD.step: the hooks fire nested
+    assert [record.step for record in mem.steps] == [0, 1, 2]
+    assert sum(s.phase is Phase.OPTIMIZER for s in mem.samples) == 3
+
+
+def test_a_step_that_raised_does_not_hide_the_next_ones(scripted) -> None:
+    model, _ = scripted
+    optimizer = ScratchSGD(model.parameters(), lr=0.1)
+    x = torch.randn(4, 8)
+    with track_memory(model, optimizer, mode="fast", stream=False, leaks=False) as mem:
+        model(x).sum().backward()
+        with pytest.raises(ZeroDivisionError):
+            optimizer.step(lambda: 1 / 0)  # the closure raises inside the step
+        for _ in range(2):
+            optimizer.zero_grad()
+            model(x).sum().backward()
+            optimizer.step()
+    assert [record.step for record in mem.steps] == [0, 1]

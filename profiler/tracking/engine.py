@@ -57,6 +57,7 @@ class Engine:
         self.strategy: ExactStrategy | FastStrategy = self.exact
         self.hunting = False
         self._hunt_steps_left = 0
+        self._optimizer_depth = 0
         self.phases.register_user_hooks(on_backward_end=self._backward_ended)
 
     # ------------------------------------------------------------------ enter and exit
@@ -77,6 +78,7 @@ class Engine:
         self.phases.history = self.capture.history = self.history
         self.phases.reset()
         self.capture.reset()
+        self._optimizer_depth = 0
         state.start_time = time.time()
         state.step_start = time.perf_counter()
         state.active = True
@@ -223,6 +225,13 @@ class Engine:
     def _optimizer_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if Part.OPTIMIZER_HOOKS in self.guard.disabled or not self.state.active:
             return
+        # An optimizer subclass whose step() calls super().step() runs the hooks twice, nested
+        # (torch patches each class's step): only the outermost step counts.
+        if self.state.phase is not Phase.OPTIMIZER:
+            self._optimizer_depth = 0  # a step that raised never ran its post hook
+        self._optimizer_depth += 1
+        if self._optimizer_depth > 1:
+            return
         try:
             self.known.adopt_optimizer(optimizer)
             if self.state.phase is Phase.BACKWARD:
@@ -238,6 +247,9 @@ class Engine:
 
     def _optimizer_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if Part.OPTIMIZER_HOOKS in self.guard.disabled or not self.state.active:
+            return
+        self._optimizer_depth = max(self._optimizer_depth - 1, 0)
+        if self._optimizer_depth:
             return
         try:
             self.known.scan_optimizers(grads=False)

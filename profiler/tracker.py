@@ -1343,13 +1343,12 @@ class MemoryTracker:
                     "stream", f"session stream is off ({type(error).__name__}: {error})"
                 )
         if self._leaks_enabled:
-            try:
-                from profiler.leaks import LeakDetector
+            from profiler.leaks import LeakDetector
 
-                self._leak_detector = LeakDetector(self)
+            try:
+                # bound to this run by on_start below
+                self._leak_detector = LeakDetector()
                 self._observers.append(self._leak_detector)
-            except ImportError:
-                pass
             except Exception as error:
                 self._warn_once("leaks", f"leak detector is off ({type(error).__name__}: {error})")
         for observer in list(self._observers):

@@ -33,7 +33,7 @@ from types import FrameType
 __all__ = ["is_user_file", "user_frames", "user_sites", "user_stacklevel"]
 
 #: Packages whose code is never the user's, found through ``sys.modules`` when loaded.
-LIBRARY_MODULES = ("torch", "transformers", "accelerate", "peft", "_pytest", "pluggy")
+LIBRARY_MODULES = ("torch", "transformers", "accelerate", "peft", "pytest", "_pytest", "pluggy")
 #: Pseudo file names of interactive input: the user's, though they start with ``<``.
 INTERACTIVE = ("<stdin>", "<console>", "<ipython-input-")
 

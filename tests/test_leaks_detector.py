@@ -449,3 +449,37 @@ def test_hunt_still_running_at_close_is_finished(user_file: Path) -> None:
         detector.on_close(tracker, None)
     (leak,) = detector.leaks
     assert (leak.step, leak.site, leak.evidence.hunt_steps) == (6, site, (5, 6))
+
+
+def test_detector_made_unbound_reads_the_run_given_at_start(user_file: Path) -> None:
+    # how the tracker attaches it: created without a run, bound by Observer.on_start
+    tracker = FakeTracker(mode="exact", capacity=64 * MiB)
+    detector = LeakDetector(scan_objects=False)
+    detector.on_start(tracker)
+    site = f"{user_file}:4"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_leak(tracker, detector, site, 8)
+    assert tracker.hunt_calls == [4]
+    (leak,) = detector.leaks
+    assert (leak.site, leak.bytes_per_step, leak.capacity) == (site, MiB, 64 * MiB)
+    # 64 MiB capacity, 18 MiB in use at step 7, 1 MiB per step
+    assert leak.capacity_step == 7 + 46
+
+
+def test_kv_cache_growth_within_one_generation_is_left_out() -> None:
+    tracker = FakeTracker(mode="exact", kv_cache_reused=False)
+    detector = LeakDetector(tracker, scan_objects=False)
+    for step in range(20):
+        detector.on_step(record(step, 0, kv=step * 2 * MiB))
+    assert tracker.hunt_calls == []
+    assert detector.leaks == []
+    # once a prompt is fed to a cache that was not reset, the same growth counts
+    tracker.kv_cache_reused = True
+    with pytest.warns(UserWarning, match="kv cache not reset"):
+        for step in range(20, 28):
+            detector.on_step(record(step, 0, kv=step * 2 * MiB))
+    assert tracker.hunt_calls == [4]
+    (leak,) = detector.leaks
+    assert (leak.category, leak.bytes_per_step) == (Category.KV_CACHE, 2 * MiB)
+    assert leak.pattern == LeakPattern.KV_CACHE_NOT_RESET

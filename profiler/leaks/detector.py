@@ -118,11 +118,12 @@ class LeakDetector(Observer):
     def _values(self, record: StepRecord) -> tuple[int, ...]:
         """The step's bytes per series (:data:`~profiler.leaks.hunt.SERIES` order)."""
         run = self.run
-        if run is None or run.info.kv_cache_reused:
+        kv = record.bytes[_KV]
+        # (run.info builds a record: read only when there is a cache to leave out)
+        if run is None or not kv or run.info.kv_cache_reused:
             return (*record.bytes, record.total)
         # A cache that only grows within a generation (steps may end per generated token) is
         # no leak: leave it out until a prompt is fed to a cache that was not reset.
-        kv = record.bytes[_KV]
         return (*record.bytes[:_KV], 0, *record.bytes[_KV + 1 :], record.total - kv)
 
     # ------------------------------------------------------------------ hunt

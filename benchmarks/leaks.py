@@ -77,11 +77,12 @@ def hunt_seconds() -> tuple[float, float, int]:
 
     import torch
 
-    from profiler.leaks import _tensor_refs, find_holders
+    from profiler.leaks import find_holders
+    from profiler.leaks.holders import tensor_refs
 
     kept = [torch.zeros(1024) for _ in range(8)]
     start = time.perf_counter()
-    _tensor_refs()
+    tensor_refs()
     census = time.perf_counter() - start
     start = time.perf_counter()
     holders = find_holders(kept)

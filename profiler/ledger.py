@@ -14,16 +14,15 @@ logging, no formatting, no pandas. Sizes are charged as the device allocator cha
 
 from __future__ import annotations
 
-import os
 import sys
 import weakref
 from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
 import torch
 
 from profiler.errors import SimulatedOutOfMemoryError
+from profiler.frames import user_sites
 from profiler.records import CATEGORIES, Category, LiveStorage
 
 __all__ = ["BIG_STORAGE_BYTES", "Ledger", "LiveStorage", "StorageEntry"]
@@ -73,31 +72,6 @@ class StorageEntry(weakref.ref):
     dtype: str | None
 
 
-def _library_prefixes() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-    """Where library frames live: (libraries, site-packages, stdlib).
-
-    A frame is the user's unless it is in torch, transformers, accelerate, peft or gpumem itself,
-    or in the standard library (but code installed in site-packages is the user's).
-    """
-    here = os.path.dirname(os.path.abspath(__file__))
-    libraries = [os.path.dirname(torch.__file__), here, os.path.join(os.path.dirname(here), "tui")]
-    for name in ("transformers", "accelerate", "peft"):
-        module = sys.modules.get(name)
-        path = getattr(module, "__file__", None)
-        if isinstance(path, str):
-            libraries.append(os.path.dirname(path))
-    import site
-    import sysconfig
-
-    site_dirs = [*site.getsitepackages(), site.getusersitepackages()]
-    stdlib = [sysconfig.get_paths()["stdlib"], os.path.dirname(os.__file__)]
-    return (
-        tuple(p + os.sep for p in libraries) + ("<frozen", "<string>"),
-        tuple(p + os.sep for p in site_dirs),
-        tuple(p + os.sep for p in stdlib),
-    )
-
-
 class Ledger:
     """Byte counts per category, current and peak, over every storage it has seen.
 
@@ -136,7 +110,6 @@ class Ledger:
         self.record_sites = False
         #: Running maxima of the total, one per open module frame (innermost last).
         self.frames: list[int] = []
-        self._libraries, self._site_packages, self._stdlib = _library_prefixes()
         self._free_cb = self._free
 
     # ------------------------------------------------------------------ adding and removing
@@ -360,17 +333,7 @@ class Ledger:
 
     def _site(self) -> tuple[tuple[str, int], ...] | None:
         """Up to four user frames (file, line), innermost first, skipping library code."""
-        frame: FrameType | None = sys._getframe(1)
-        libraries, site_packages, stdlib = self._libraries, self._site_packages, self._stdlib
-        found: list[tuple[str, int]] = []
-        while frame is not None and len(found) < 4:
-            filename = frame.f_code.co_filename
-            if not filename.startswith(libraries) and (
-                filename.startswith(site_packages) or not filename.startswith(stdlib)
-            ):
-                found.append((filename, frame.f_lineno))
-            frame = frame.f_back
-        return tuple(found) or None
+        return user_sites(sys._getframe(1), 4)
 
     # ------------------------------------------------------------------ queries
 

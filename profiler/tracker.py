@@ -176,7 +176,7 @@ class MemoryTracker:
                     "stream", f"session stream is off ({type(error).__name__}: {error})"
                 )
         if options.leaks:
-            self._leak_detector = LeakDetector(self)
+            self._leak_detector = LeakDetector()
             engine.history.observers.append(self._leak_detector)
         for observer in list(engine.history.observers):
             engine.history.call(observer, "on_start", self)

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 import torch
+from fakes_leaks import FakeTracker
 from torch import nn
 
-from profiler.growth import GrowthTest
 from profiler.leaks import (
     CreationSite,
     Holder,
@@ -24,8 +24,8 @@ from profiler.leaks import (
     mutation_lines,
     suggestion_for,
 )
-from profiler.ledger import LiveStorage
-from profiler.records import CATEGORIES, Category, EventKind, StepRecord
+from profiler.leaks.growth import GrowthTest
+from profiler.records import CATEGORIES, Category, EventKind, LiveStorage, StepRecord
 from profiler.units import MiB
 
 WEIGHTS = 10 * MiB
@@ -40,35 +40,6 @@ def record(step: int, activations: int, *, kv: int = 0, duration: float = 0.5) -
     by_order = tuple(values[c] for c in CATEGORIES)
     total = sum(by_order)
     return StepRecord(step, 1000.0 + step, duration, by_order, total, total, by_order)
-
-
-class FakeLedger:
-    def __init__(self) -> None:
-        self.storages: list[LiveStorage] = []
-
-    def live_storages(self) -> list[LiveStorage]:
-        return list(self.storages)
-
-
-class FakeTracker:
-    """The part of MemoryTracker the detector uses."""
-
-    def __init__(self, mode: str = "fast", capacity: int | None = None) -> None:
-        self.mode = mode
-        self.capacity = capacity
-        self.model = None
-        self.ledger = FakeLedger()
-        self.events: list[Any] = []
-        self.hunt_calls: list[int] = []
-
-    def hunt(self, steps: int) -> None:
-        self.hunt_calls.append(steps)
-
-    def emit(self, event: Any) -> None:
-        self.events.append(event)
-
-    def kv_caches(self) -> list[Any]:
-        return []
 
 
 @pytest.fixture
@@ -89,7 +60,7 @@ def storage(
 def run_leak(tracker: FakeTracker, detector: LeakDetector, site: str, steps: int) -> None:
     """Activations grow 1 MiB a step; every step's storage is created at ``site`` and stays."""
     for step in range(steps):
-        tracker.ledger.storages.append(storage(step, site))
+        tracker.storages.append(storage(step, site))
         detector.on_step(record(step, (step + 1) * MiB))
 
 
@@ -227,7 +198,7 @@ def test_kv_storages_replaced_as_they_grow_use_the_newest_site(user_file: Path) 
         warnings.simplefilter("ignore")
         for step in range(8):
             # the cache's storage is re-created each step, one step's size bigger
-            tracker.ledger.storages = [
+            tracker.storages = [
                 storage(step, site, nbytes=(step + 1) * MiB, category=Category.KV_CACHE)
             ]
             detector.on_step(record(step, 0, kv=(step + 1) * MiB))
@@ -454,7 +425,7 @@ def test_leak_that_starts_late_is_flagged_five_steps_in(user_file: Path) -> None
         for step in range(60):
             leaked = max(0, step - 49)  # steady for 50 steps, then 1 MiB a step
             if leaked:
-                tracker.ledger.storages.append(storage(step, site))
+                tracker.storages.append(storage(step, site))
             detector.on_step(record(step, 3 * MiB + leaked * MiB))
             if detector.leaks:
                 break
@@ -478,3 +449,37 @@ def test_hunt_still_running_at_close_is_finished(user_file: Path) -> None:
         detector.on_close(tracker, None)
     (leak,) = detector.leaks
     assert (leak.step, leak.site, leak.evidence.hunt_steps) == (6, site, (5, 6))
+
+
+def test_detector_made_unbound_reads_the_run_given_at_start(user_file: Path) -> None:
+    # how the tracker attaches it: created without a run, bound by Observer.on_start
+    tracker = FakeTracker(mode="exact", capacity=64 * MiB)
+    detector = LeakDetector(scan_objects=False)
+    detector.on_start(tracker)
+    site = f"{user_file}:4"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_leak(tracker, detector, site, 8)
+    assert tracker.hunt_calls == [4]
+    (leak,) = detector.leaks
+    assert (leak.site, leak.bytes_per_step, leak.capacity) == (site, MiB, 64 * MiB)
+    # 64 MiB capacity, 18 MiB in use at step 7, 1 MiB per step
+    assert leak.capacity_step == 7 + 46
+
+
+def test_kv_cache_growth_within_one_generation_is_left_out() -> None:
+    tracker = FakeTracker(mode="exact", kv_cache_reused=False)
+    detector = LeakDetector(tracker, scan_objects=False)
+    for step in range(20):
+        detector.on_step(record(step, 0, kv=step * 2 * MiB))
+    assert tracker.hunt_calls == []
+    assert detector.leaks == []
+    # once a prompt is fed to a cache that was not reset, the same growth counts
+    tracker.kv_cache_reused = True
+    with pytest.warns(UserWarning, match="kv cache not reset"):
+        for step in range(20, 28):
+            detector.on_step(record(step, 0, kv=step * 2 * MiB))
+    assert tracker.hunt_calls == [4]
+    (leak,) = detector.leaks
+    assert (leak.category, leak.bytes_per_step) == (Category.KV_CACHE, 2 * MiB)
+    assert leak.pattern == LeakPattern.KV_CACHE_NOT_RESET

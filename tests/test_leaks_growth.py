@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from profiler.errors import UsageError
-from profiler.growth import GrowthSeries, GrowthTest, mann_kendall_tau, theil_sen_slope
+from profiler.leaks.growth import GrowthSeries, GrowthTest, mann_kendall_tau, theil_sen_slope
 from profiler.units import KiB, MiB
 
 

@@ -10,12 +10,10 @@ CUDA has none, and the command then says so on one line and exits 1.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from profiler.errors import GpumemError
-from profiler.session.atomic import write_atomic
 
 HELP = "Render a saved OOM report (Markdown, HTML or JSON)."
 
@@ -43,11 +41,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--home", metavar="DIR", help="gpumem home (default: $GPUMEM_HOME)")
 
 
+def _atomic_write(path: Path, data: bytes) -> None:
+    import contextlib
+    import os
+    import tempfile
+
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # an output file the user asked for: usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def _write(path: Path, data: bytes, what: str) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    try:  # an output file the user asked for: the usual permissions, not the user's only
-        write_atomic(path, data, mode=0o666 & ~umask)
+    try:
+        _atomic_write(path, data)
     except OSError as exc:
         raise GpumemError(f"cannot write {what} to {path}: {exc.strerror or exc}") from None
 

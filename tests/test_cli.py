@@ -87,8 +87,22 @@ def test_a_registered_command_gets_its_options_and_runs(
     _fake_group(monkeypatch, hello="gpumem_hello", estimate="gpumem_hello")
     assert main(["hello", "--name", "gpumem"]) == 3
     assert capsys.readouterr().out == "hello gpumem\n"
+    assert sorted(registered_commands()) == ["hello"]
     assert main(["estimate", "--list", "--json"]) == 0
     assert '"presets"' in capsys.readouterr().out
+
+
+def test_a_built_in_command_does_not_scan_the_entry_points(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_scan(*, group: str) -> Any:
+        raise AssertionError(f"scanned {group}")
+
+    monkeypatch.setattr(profiler.cli.metadata, "entry_points", no_scan)
+    assert main(["devices", "--demo"]) == 0
+    assert capsys.readouterr().out.startswith("GPU 0  NVIDIA H100 80GB HBM3")
+    with pytest.raises(AssertionError, match="scanned gpumem.commands"):
+        main(["top", "--once"])
 
 
 def test_a_plugin_that_fails_to_load_breaks_only_its_own_command(

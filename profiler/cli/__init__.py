@@ -137,8 +137,14 @@ def _execute(name: str, run: Callable[[argparse.Namespace], int], args: argparse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``gpumem``; returns the exit code."""
-    parser = build_parser()
+    """Run ``gpumem``; returns the exit code.
+
+    A built-in command skips the entry-point scan (no top-level option takes a value, so the
+    first word is the command).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = next((word for word in argv if not word.startswith("-")), None)
+    parser = build_parser({} if first in BUILTIN else None)
     args, unknown = parser.parse_known_args(argv)
     if unknown and not getattr(args, "_takes_any", False):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -20,11 +20,10 @@ import argparse
 import torch
 
 from profiler import track_memory
+from profiler.cli.demo import build_model
 
 
 def main(steps: int = 4, mode: str = "auto", use_autocast: bool = False) -> None:
-    from tui.commands.demo import build_model
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     model, is_hf = build_model(device)

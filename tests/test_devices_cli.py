@@ -20,9 +20,9 @@ from profiler.backends.fake import (
     FakeSource,
 )
 from profiler.backends.nvml import NvmlSource
+from profiler.cli import main
+from profiler.cli.devices import collect, render_lines, to_json
 from profiler.errors import BackendUnavailable
-from tui.cli import main
-from tui.commands.devices import collect, render_lines, to_json
 
 GiB = 1024**3
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,7 +72,7 @@ def test_no_gpu_json(capsys: pytest.CaptureFixture[str]) -> None:
 def test_no_gpu_in_a_fresh_process() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run(
-        [sys.executable, "-m", "tui", "devices"],
+        [sys.executable, "-m", "profiler.cli", "devices"],
         capture_output=True,
         text=True,
         env=env,

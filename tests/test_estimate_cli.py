@@ -7,10 +7,10 @@ import json
 import pytest
 from spec import REQUIRED_GPUS
 
+from profiler.cli import main
+from profiler.cli.estimate import TABLE_GPUS
 from profiler.predict.estimate import estimate
 from profiler.predict.gpus import find_gpu
-from tui.cli import main
-from tui.commands.estimate import TABLE_GPUS
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from profiler import SimulatedOutOfMemoryError, track_memory
+from profiler.cli import main
 from profiler.oom import handle_oom, load_report
 from profiler.records import CATEGORIES, EventKind
 from profiler.units import parse_bytes
-from tui.cli import main
 
 WIDTH, HIDDEN, DEPTH, DATASET = 32, 128, 3, 4096
 BATCH = 2048

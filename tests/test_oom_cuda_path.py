@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import torch
 
 from profiler.advice import facts_from_tracker, rank
+from profiler.cli import main
 from profiler.ledger import LiveStorage
 from profiler.oom import handle_oom
 from profiler.records import (
@@ -29,7 +30,6 @@ from profiler.records import (
     Sample,
     StepRecord,
 )
-from tui.cli import main
 
 GiB = 1024**3
 #: At the failure: weights, gradients, optimizer state 20 GiB each, activations 10 GiB.

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from profiler import SimulatedOutOfMemoryError, track_memory
-from tui.cli import main
+from profiler.cli import main
 
 pytestmark = [
     pytest.mark.gpu,

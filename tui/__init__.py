@@ -1,1 +1,5 @@
-"""gpumem's command line and Textual dashboard. Imports :mod:`profiler`, never the reverse."""
+"""gpumem's Textual dashboard, ``gpumem top``. Imports :mod:`profiler`, never the reverse.
+
+The command joins ``gpumem`` through the ``gpumem.commands`` entry-point group (pyproject.toml:
+``top = "tui.top"``); the rest of the ``gpumem`` command is :mod:`profiler.cli`.
+"""

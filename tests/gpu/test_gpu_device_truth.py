@@ -194,7 +194,7 @@ def test_readers_never_initialise_cuda() -> None:
 
 def test_devices_command_lists_this_gpu(cuda_device: torch.device) -> None:
     from profiler.backends.nvml import default_source
-    from tui.commands.devices import collect, render_lines
+    from profiler.cli.devices import collect, render_lines
 
     keep = torch.empty(MiB, device=cuda_device)
     devices, processes, error = collect(default_source)

@@ -49,9 +49,10 @@ def test_recipe_session_appears_advances_and_ends(tmp_path: Path) -> None:
         assert first.meta.param_count == sum(
             [512 * 128, 256 * 128, 2 * 198_272, 2 * 128, 128 * 512 + 512]
         )
-        # `gpumem top --once --json` in yet another process sees the live session too.
+        # `gpumem top --once --json` (here `python -m tui`, the dashboard's own entry) in yet
+        # another process sees the live session too.
         once = subprocess.run(
-            [sys.executable, "-m", "tui", "top", "--once", "--json", "--home", str(tmp_path)],
+            [sys.executable, "-m", "tui", "--once", "--json", "--home", str(tmp_path)],
             env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert once.returncode == 0, once.stderr

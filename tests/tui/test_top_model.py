@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,11 +23,11 @@ from scripted import (
     scripted_builder,
 )
 
+from profiler.cli import main
 from profiler.errors import BackendUnavailable
 from profiler.records import Phase, Sample
 from profiler.session.reader import SessionEvent
 from profiler.session.writer import SessionWriter
-from tui.cli import main
 from tui.snapshot import (
     EMPTY_SNAPSHOT,
     Snapshot,
@@ -259,25 +262,41 @@ def test_cli_without_terminal_points_to_once(capsys: pytest.CaptureFixture[str])
     assert "use gpumem top --once [--json]" in capsys.readouterr().err
 
 
-def test_once_needs_no_textual() -> None:
-    import os
-    import subprocess
-    import sys
-
+def _gpumem_without_textual(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``gpumem ARGV`` in a fresh interpreter where ``import textual`` fails, as if not installed."""
     code = (
-        "import sys, argparse\n"
-        "from tui.commands import top\n"
-        "parser = argparse.ArgumentParser(); top.add_arguments(parser)\n"
-        "assert top.run(parser.parse_args(['--once', '--demo', '--home', sys.argv[1]])) == 0\n"
-        "print('textual' in sys.modules)\n"
+        "import sys\n"
+        "sys.modules['textual'] = None  # any import of textual now raises ModuleNotFoundError\n"
+        "from profiler.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "print('tui.app' in sys.modules)\n"
+        "sys.exit(code)\n"
     )
     repo = str(Path(__file__).resolve().parents[2])
-    out = subprocess.run(
-        [sys.executable, "-c", code, repo + "/no-such-home"],
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv],
         capture_output=True,
         text=True,
         env=dict(os.environ, PYTHONPATH=repo),
-        check=True,
     )
-    assert out.stdout.splitlines()[-1] == "False"
-    assert "GPU0 NVIDIA H100 80GB HBM3" in out.stdout
+
+
+@pytest.mark.parametrize("extra", [[], ["--json"]])
+def test_once_needs_no_textual(extra: list[str], tmp_path: Path) -> None:
+    out = _gpumem_without_textual("top", "--once", *extra, "--demo", "--home", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "False"  # the Textual app was never imported
+    if extra:
+        frame = json.loads(out.stdout.rsplit("\n", 2)[0])
+        assert frame["devices"][0]["name"] == "NVIDIA H100 80GB HBM3"
+    else:
+        assert "GPU0 NVIDIA H100 80GB HBM3" in out.stdout
+
+
+def test_dashboard_without_textual_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    out = _gpumem_without_textual("top", "--demo", "--home", str(tmp_path))
+    assert out.returncode == 1
+    assert out.stderr == (
+        "gpumem top: error: the live dashboard needs Textual, which is not installed "
+        "(hint: pip install 'textual>=0.80', or use gpumem top --once [--json] without it)\n"
+    )

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+from profiler.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 HELP = "train a small transformer for a few steps under track_memory and print the breakdown"
 
@@ -20,40 +26,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-stream", action="store_true", help="do not publish to gpumem top")
 
 
-def build_model(device: str):  # type: ignore[no-untyped-def]
-    """A GPT-2-shaped model: transformers' GPT-2 when installed, else a torch-only equivalent."""
+def _torch_only_model() -> torch.nn.Module:
+    """The GPT-2 shape from torch alone: embedding, 4 encoder layers, the vocabulary head."""
+    import torch
+
+    layer = torch.nn.TransformerEncoderLayer(256, 4, 1024, batch_first=True)
+    encoder = torch.nn.TransformerEncoder(layer, 4, enable_nested_tensor=False)
+    return torch.nn.Sequential(torch.nn.Embedding(2000, 256), encoder, torch.nn.Linear(256, 2000))
+
+
+def build_model(device: str) -> tuple[torch.nn.Module, bool]:
+    """A GPT-2-shaped model: transformers' GPT-2 when installed, else a torch-only equivalent.
+
+    Returns the model, built on ``device``, and whether it is transformers' (takes ``labels``).
+    """
     import torch
 
     try:
         import transformers
     except ImportError:
-        transformers = None
+        with torch.device(device):
+            return _torch_only_model(), False
+    config = transformers.GPT2Config(
+        n_layer=4,
+        n_embd=256,
+        n_head=4,
+        vocab_size=2000,
+        n_positions=256,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    config.use_cache = False  # training: no KV cache
     with torch.device(device):
-        if transformers is not None:
-            config = transformers.GPT2Config(
-                n_layer=4,
-                n_embd=256,
-                n_head=4,
-                vocab_size=2000,
-                n_positions=256,
-                bos_token_id=0,
-                eos_token_id=0,
-            )
-            config.use_cache = False  # training: no KV cache
-            return transformers.GPT2LMHeadModel(config), True
-        layer = torch.nn.TransformerEncoderLayer(256, 4, 1024, batch_first=True)
-        encoder = torch.nn.TransformerEncoder(layer, 4, enable_nested_tensor=False)
-        model = torch.nn.Sequential(
-            torch.nn.Embedding(2000, 256), encoder, torch.nn.Linear(256, 2000)
-        )
-        return model, False
+        return transformers.GPT2LMHeadModel(config), True
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from profiler import track_memory
-    from profiler.errors import UsageError
 
     if args.steps <= 0 or args.batch <= 0 or args.seq <= 0:
         raise UsageError("--steps, --batch and --seq must be positive")

@@ -11,6 +11,9 @@ import json
 from dataclasses import asdict
 from typing import Any
 
+from profiler.errors import BackendUnavailable
+from profiler.units import format_bytes
+
 HELP = "List the GPUs and the processes on them (NVML); exit 0 with one line where there is none."
 
 
@@ -28,8 +31,6 @@ def collect(source: Any) -> tuple[list[Any], list[Any], str | None]:
     ``source`` is a :class:`~profiler.backends.base.DeviceSource`, or a callable returning one
     (which may raise :class:`~profiler.errors.BackendUnavailable`).
     """
-    from profiler.errors import BackendUnavailable
-
     try:
         if callable(source) and not hasattr(source, "devices"):
             source = source()
@@ -51,8 +52,6 @@ def _percent(value: int | None) -> str:
 
 def render_lines(devices: list[Any], processes: list[Any], error: str | None) -> list[str]:
     """The text report: one line per GPU, its processes indented below it."""
-    from profiler.units import format_bytes
-
     if not devices:
         return [f"no NVIDIA GPU found: {error}"]
     lines = []

@@ -8,6 +8,9 @@ import re
 import sys
 from typing import Any
 
+from profiler.errors import UsageError
+from profiler.units import format_bytes, format_gb
+
 HELP = "Estimate memory per category for a model or preset, and which GPUs it fits."
 
 #: The GPUs of the default table (the whole catalog is in --json).
@@ -72,8 +75,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _whole(name: str, text: str | None) -> int | None:
-    from profiler.errors import UsageError
-
     if text is None:
         return None
     try:
@@ -157,7 +158,6 @@ def _list(out: Any, as_json: bool) -> int:
     from profiler.predict.formulas import kv_cache_bytes_per_token, parameter_count
     from profiler.predict.modelshape import shape_from_config
     from profiler.predict.presets import load_preset, preset_names
-    from profiler.units import format_bytes
 
     rows = []
     for name in preset_names():
@@ -191,15 +191,7 @@ def _list(out: Any, as_json: bool) -> int:
     return 0
 
 
-def _gb(n: int) -> str:
-    from profiler.units import format_gb
-
-    return format_gb(n)
-
-
 def _render(est: Any, gpus: list[Any], extra: dict[str, Any], out: Any) -> None:
-    from profiler.units import format_bytes
-
     trainer = f" · {est.optimizer}" if est.optimizer else ""
     out.write(
         f"{est.model} · {est.mode} · {est.precision}{trainer} · batch {est.batch} · "
@@ -208,10 +200,10 @@ def _render(est: Any, gpus: list[Any], extra: dict[str, Any], out: Any) -> None:
     )
     out.write(f"{'category':<18} {'GB':>9} {'bytes':>11}\n")
     for category, nbytes in est.categories.items():
-        out.write(f"{str(category):<18} {_gb(nbytes):>9} {format_bytes(nbytes):>11}\n")
+        out.write(f"{str(category):<18} {format_gb(nbytes):>9} {format_bytes(nbytes):>11}\n")
     for line in est.overheads:
-        out.write(f"{line.name:<18} {_gb(line.bytes):>9} {format_bytes(line.bytes):>11}\n")
-    out.write(f"{'total':<18} {_gb(est.total):>9} {format_bytes(est.total):>11}\n")
+        out.write(f"{line.name:<18} {format_gb(line.bytes):>9} {format_bytes(line.bytes):>11}\n")
+    out.write(f"{'total':<18} {format_gb(est.total):>9} {format_bytes(est.total):>11}\n")
     for note in est.notes:
         out.write(f"note: {note}\n")
     out.write(f"\n{'GPU':<12} {'memory':>11} {'needed':>11}  fits\n")
@@ -236,7 +228,6 @@ def _render(est: Any, gpus: list[Any], extra: dict[str, Any], out: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the estimate table (or JSON) and the GPU fit table."""
-    from profiler.errors import UsageError
     from profiler.predict.estimate import estimate
     from profiler.predict.gpus import find_gpu
 

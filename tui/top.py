@@ -1,4 +1,9 @@
-"""``gpumem top``: the live dashboard of GPUs, processes and tracked sessions."""
+"""``gpumem top``: the live dashboard of GPUs, processes and tracked sessions.
+
+Registered in the ``gpumem.commands`` entry-point group, so :mod:`profiler.cli` finds it without
+importing :mod:`tui` by name. Loading this module imports neither Textual nor Rich (every
+``gpumem`` command loads it to build the parser), and ``--once`` never imports Textual.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from profiler.errors import UsageError
+from profiler.errors import GpumemError, UsageError
 
 HELP = "Live dashboard of GPUs, processes and tracked sessions (q quits, ? helps)."
 
@@ -69,6 +74,17 @@ def make_builder(args: argparse.Namespace) -> Any:
     return SnapshotBuilder(None, reader, source_factory=open_nvml)
 
 
+def _require_textual() -> None:
+    """One line, not a traceback, where Textual is missing (``--once`` works without it)."""
+    try:
+        import textual  # noqa: F401 - the dashboard's one optional heavy dependency
+    except ModuleNotFoundError:
+        raise GpumemError(
+            "the live dashboard needs Textual, which is not installed",
+            hint="pip install 'textual>=0.80', or use gpumem top --once [--json] without it",
+        ) from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the dashboard, or print one frame with ``--once``."""
     from tui.snapshot import PROCESS_SORTS
@@ -92,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(frame_text(snapshot, width=max(60, width), sort=args.sort))
         return 0
+    _require_textual()
     if not sys.stderr.isatty():  # Textual draws on stderr
         raise UsageError("gpumem top needs a terminal", hint="use gpumem top --once [--json]")
     from tui.app import GpumemTopApp

@@ -1,1 +1,0 @@
-"""One module per ``gpumem`` subcommand: ``HELP``, ``add_arguments(parser)``, ``run(args)``."""

@@ -1434,7 +1434,7 @@ class MemoryTracker:
         ):
             self.failure = dataclasses.replace(self.failure, snapshot=observer.snapshots[-1])
         try:
-            from profiler.oom import handle_oom
+            from profiler.report.reporter import handle_oom
         except ImportError:
             return
         try:

@@ -41,8 +41,8 @@ _LAZY = {
     "Leak": "profiler.leaks",
     "LeakPattern": "profiler.leaks",
     "Suggestion": "profiler.advice",
-    "load_report": "profiler.oom",
-    "OomReport": "profiler.report.model",
+    "load_report": "profiler.report",
+    "OomReport": "profiler.report",
     "Waterfall": "profiler.waterfall",
     "SessionReader": "profiler.session.reader",
 }

@@ -33,7 +33,6 @@ import platform
 import re
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -42,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from profiler.session.atomic import write_text_atomic
 
 __all__ = ["Kit", "Workload", "agreement", "main", "parse_pytest_output", "run_kit", "workloads"]
 
@@ -699,18 +700,6 @@ def run_kit(
     return summary
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the kit, print the JSON summary (and write it to ``--out``); 1 when a check fails."""
     parser = argparse.ArgumentParser(
@@ -744,7 +733,8 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(summary, indent=2, default=str)
     print(text)
     if args.out is not None:
-        _write_atomic(args.out, text + "\n")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(args.out, text + "\n")
     return 0 if summary["ok"] in (True, None) else 1
 
 

@@ -16,8 +16,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from profiler import views
+from profiler.advice import Suggestion, suggest
 from profiler.errors import UsageError
-from profiler.leaks import LeakDetector
+from profiler.leaks import Leak, LeakDetector
+from profiler.predict.compare import compare
+from profiler.predict.gpus import find_gpu
+from profiler.predict.tracked import predict_tracked
 from profiler.records import (
     Category,
     Event,
@@ -30,17 +34,15 @@ from profiler.records import (
     SessionInfo,
     StepRecord,
 )
+from profiler.report.model import OomReport
+from profiler.report.reporter import handle_oom
 from profiler.session.writer import SessionWriter
 from profiler.tracking import Engine, Options
 from profiler.units import format_bytes
+from profiler.waterfall import Waterfall, waterfall
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from profiler.advice import Suggestion
-    from profiler.leaks import Leak
-    from profiler.report.model import OomReport
-    from profiler.waterfall import Waterfall
 
 __all__ = ["MemoryTracker", "track_memory"]
 
@@ -114,8 +116,6 @@ class MemoryTracker:
             )
         catalogued = None
         if gpu is not None:
-            from profiler.predict.gpus import find_gpu  # the catalogue: only when asked for
-
             spec = find_gpu(gpu)
             catalogued = (spec.name, spec.memory_bytes)
         options = Options.validated(
@@ -182,8 +182,6 @@ class MemoryTracker:
             engine.history.call(observer, "on_start", self)
 
     def _predict(self) -> None:
-        from profiler.predict.tracked import predict_tracked  # torch formulas, at the end only
-
         state = self._state
         optimizers = state.optimizers()
         # No cache seen while the model ran: none was kept, so none is predicted.
@@ -211,8 +209,6 @@ class MemoryTracker:
             state.predicted[category] = None if value is None else int(value)
 
     def _report_oom(self, exc: BaseException) -> None:
-        from profiler.oom import handle_oom
-
         try:
             self.oom_report = handle_oom(self, exc)
         except Exception as error:
@@ -363,8 +359,6 @@ class MemoryTracker:
 
     def suggestions(self, capacity: str | int | None = None) -> list[Suggestion]:
         """Ranked changes that would make this run fit in ``capacity`` (default: the device's)."""
-        from profiler.advice import suggest
-
         return suggest(self, capacity=capacity)
 
     def leaks(self) -> list[Leak]:
@@ -390,14 +384,10 @@ class MemoryTracker:
 
     def compare(self) -> pd.DataFrame:
         """Predicted vs measured per category, with the likely cause of each gap in words."""
-        from profiler.predict.compare import compare
-
         return compare(self.breakdown(), context=views.compare_context(self))
 
     def waterfall(self) -> Waterfall:
         """NVML → reserved → allocated → categories, for this tracker's device."""
-        from profiler.waterfall import waterfall
-
         return waterfall(self)
 
     def summary(self) -> dict[str, Any]:

@@ -22,10 +22,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from profiler.backends import nvml
 from profiler.records import CATEGORIES, AllocatorReading, Category, NvmlReading, Sample
+from profiler.run import RunView
 from profiler.units import format_bytes
 
-__all__ = ["Waterfall", "build_waterfall", "waterfall"]
+__all__ = [
+    "Waterfall",
+    "build_waterfall",
+    "recorded_readings",
+    "snapshot_reading",
+    "waterfall",
+    "waterfall_at_failure",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,11 +176,11 @@ def build_waterfall(
 def _from_readings(
     sample: Sample | None,
     allocator: AllocatorReading | None,
-    nvml: NvmlReading | None,
+    nvml_reading: NvmlReading | None,
     device: str | None,
 ) -> Waterfall:
     return build_waterfall(
-        nvml_used=None if nvml is None else nvml.process_used,
+        nvml_used=None if nvml_reading is None else nvml_reading.process_used,
         reserved=None if allocator is None else allocator.reserved,
         allocated=None if allocator is None else allocator.allocated,
         categories=None if sample is None else sample.bytes,
@@ -180,28 +189,76 @@ def _from_readings(
     )
 
 
-def waterfall(tracker: Any) -> Waterfall:
-    """The waterfall for a tracker's device at its last sample that has allocator figures.
+def snapshot_reading(
+    snapshot: Mapping[str, Any] | None, device_index: int | None
+) -> AllocatorReading | None:
+    """Reserved and allocated bytes from an allocator snapshot (``None``: no segments in it)."""
+    if not snapshot:
+        return None
+    from profiler.backends import cuda  # deferred: it imports torch, a saved run never needs it
+
+    segments = cuda.segments_from_snapshot(snapshot, device_index)
+    if not segments:
+        return None
+    return AllocatorReading(
+        allocated=sum(s.allocated for s in segments), reserved=sum(s.total for s in segments)
+    )
+
+
+def _latest(
+    samples: Sequence[Sample],
+) -> tuple[Sample | None, AllocatorReading | None, NvmlReading | None]:
+    """The last sample with allocator figures (else the last), its figures and the latest NVML."""
+    latest_nvml = next((s.nvml for s in reversed(samples) if s.nvml is not None), None)
+    chosen = next((s for s in reversed(samples) if s.allocator is not None), None)
+    if chosen is None:
+        return (samples[-1] if samples else None), None, latest_nvml
+    # NVML is read at most twice a second: the sample's own reading, else the latest one
+    return chosen, chosen.allocator, chosen.nvml or latest_nvml
+
+
+def recorded_readings(
+    run: RunView,
+) -> tuple[Sample | None, AllocatorReading | None, NvmlReading | None]:
+    """The sample a waterfall shows, and the allocator's and NVML's figures for it, as recorded.
+
+    At a failure: the failure's own sample, the allocator figures taken with it (else from the
+    allocator snapshot taken at the failure, else the latest recorded) and its NVML figures (else
+    the latest recorded). Without one: the last sample that has allocator figures (else the last
+    sample) and the latest NVML figures. Never reads the device.
+    """
+    latest, latest_allocator, latest_nvml = _latest(run.samples)
+    failure = run.failure
+    if failure is None:
+        return latest, latest_allocator, latest_nvml
+    sample = failure.sample
+    allocator = sample.allocator or snapshot_reading(failure.snapshot, run.info.device_index)
+    return sample, allocator or latest_allocator, sample.nvml or latest_nvml
+
+
+def waterfall(run: RunView) -> Waterfall:
+    """The waterfall for a run's device at its last sample that has allocator figures.
 
     The categories are the sample's: from the ledger in exact mode, from the allocator counter
     split by the known tensors in fast mode. Where no sample has allocator figures (tracking never
-    reached a boundary on CUDA), the allocator and NVML are read now.
+    reached a boundary on CUDA), the allocator and NVML are read now (never starting CUDA).
     """
-    samples: list[Sample] = list(tracker.samples)
-    device_obj = getattr(tracker, "device", None)
-    device = None if device_obj is None else str(device_obj)
-    chosen = next((s for s in reversed(samples) if s.allocator is not None), None)
-    if chosen is not None:
-        latest = chosen.nvml
-        if latest is None:  # NVML is read at most twice a second: take the latest one
-            latest = next((s.nvml for s in reversed(samples) if s.nvml is not None), None)
-        return _from_readings(chosen, chosen.allocator, latest, device)
-    last = samples[-1] if samples else None
-    allocator: AllocatorReading | None = None
-    reading: NvmlReading | None = None
-    if device_obj is not None and getattr(device_obj, "type", None) == "cuda":
-        from profiler.backends import cuda, nvml
+    info = run.info
+    sample, allocator, reading = _latest(run.samples)
+    if allocator is None and info.device_type == "cuda":
+        from profiler.backends import cuda  # deferred: it imports torch, a saved run never needs it
 
-        allocator = cuda.allocator_reading(device_obj.index)
-        reading = nvml.process_reading(device_obj.index)
-    return _from_readings(last, allocator, reading, device)
+        allocator = cuda.allocator_reading(info.device_index)
+        reading = nvml.process_reading(info.device_index)
+    return _from_readings(sample, allocator, reading, info.device)
+
+
+def waterfall_at_failure(run: RunView) -> Waterfall:
+    """The waterfall at the run's failure (see :func:`recorded_readings`); never reads the device.
+
+    Without a failure, the same as :func:`waterfall`.
+    """
+    if run.failure is None:
+        return waterfall(run)
+    sample, allocator, reading = recorded_readings(run)
+    return _from_readings(sample, allocator, reading, run.info.device)

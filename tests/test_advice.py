@@ -7,15 +7,8 @@ import sys
 
 import pytest
 
-from profiler.advice import (
-    Moment,
-    RunFacts,
-    _capacity_bytes,
-    _layer_groups,
-    largest_batch,
-    peak_after,
-    rank,
-)
+from profiler.advice import Moment, RunFacts, largest_batch, peak_after, rank
+from profiler.advice.reading import capacity_bytes, layer_groups
 from profiler.errors import UsageError
 
 
@@ -207,15 +200,15 @@ def test_layer_groups_pick_the_largest_numbered_siblings():
     inclusive = {
         name: own[name] + sum(v for n, v in own.items() if n.startswith(name + ".")) for name in own
     }
-    assert _layer_groups(own, inclusive) == ((50, 60), (10, 12))
+    assert layer_groups(own, inclusive) == ((50, 60), (10, 12))
 
 
 def test_capacity_may_name_a_gpu():
-    assert _capacity_bytes("24GB") == 24 * 1000**3
-    assert _capacity_bytes(1 << 30) == 1 << 30
-    assert _capacity_bytes("rtx4090") == 24564 * 1024**2
+    assert capacity_bytes("24GB") == 24 * 1000**3
+    assert capacity_bytes(1 << 30) == 1 << 30
+    assert capacity_bytes("rtx4090") == 24564 * 1024**2
     with pytest.raises(UsageError) as info:
-        _capacity_bytes("two dozen gigs")
+        capacity_bytes("two dozen gigs")
     assert info.value.one_line() == (
         "not a size or a known GPU: 'two dozen gigs' (hint: write a size like 24GB or 80GiB, "
         "or a GPU name like rtx4090)"
@@ -224,7 +217,7 @@ def test_capacity_may_name_a_gpu():
 
 def test_the_library_modules_import_neither_pandas_nor_textual():
     code = (
-        "import sys, profiler.oom, profiler.advice, profiler.report.render_html, "
+        "import sys, profiler.report.reporter, profiler.advice, profiler.report.render_html, "
         "profiler.report.render_md; print(sorted(m for m in ('pandas', 'textual') if m in sys.modules))"
     )
     result = subprocess.run(

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from fakes_report import ScriptedTracker, session_info
 from torch import nn
 
 from profiler import SimulatedOutOfMemoryError, track_memory
 from profiler.cli import main
-from profiler.oom import handle_oom, load_report
 from profiler.records import CATEGORIES, EventKind
+from profiler.report import load_report
+from profiler.report.reporter import handle_oom
 from profiler.units import parse_bytes
 
 WIDTH, HIDDEN, DEPTH, DATASET = 32, 128, 3, 4096
@@ -227,16 +229,10 @@ def test_suggestions_without_any_capacity_have_unknown_fit(ahead):
     assert batch.params["batch_size"] == BATCH // 2
 
 
-def test_handle_oom_never_raises():
-    class Broken:
-        failure = {"requested": 1}
-        session_dir = None
-
-        @property
-        def ledger(self):
-            raise RuntimeError("ledger gone")
-
-    with pytest.warns(
-        UserWarning, match=r"could not write the OOM report \(RuntimeError: ledger gone\)"
-    ):
-        assert handle_oom(Broken(), torch.OutOfMemoryError("boom")) is None
+def test_handle_oom_never_raises(tmp_path: Path):
+    blocked = tmp_path / "session"
+    blocked.write_text("a file where the session directory should be")
+    run = ScriptedTracker(info=session_info(session_dir=str(blocked)))
+    with pytest.warns(UserWarning, match=r"could not write the OOM report \(FileExistsError: "):
+        assert handle_oom(run, torch.OutOfMemoryError("boom")) is None
+    assert run.events == []

@@ -1,10 +1,11 @@
-"""The real-CUDA branch of the OOM report, driven on CPU by a scripted tracker.
+"""The real-CUDA branch of the OOM report, driven on CPU by a scripted run (``fakes_report``).
 
-A tracker on ``cuda:0`` whose samples carry allocator readings, with a failure as the tracker
+A run on ``cuda:0`` whose samples carry allocator readings, with a failure as the tracker
 records it from a real CUDA OOM (not simulated) and an allocator snapshot taken by the OOM
 observer: the report shows fragmentation, the waterfall from the allocator, the advice accounts
 for memory outside the tracked tensors, and ``gpumem report --memory-viz`` hands back the
-snapshot.
+snapshot. When the failure was seen inside the allocator (no allocator reading in its sample),
+the figures at the failure come from the snapshot taken there.
 """
 
 from __future__ import annotations
@@ -13,103 +14,19 @@ import dataclasses
 import pickle
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
+from fakes_report import AT_FAILURE, SNAPSHOT, GiB, cuda_oom_run
 
-from profiler.advice import facts_from_tracker, rank
+from profiler.advice import facts_from_run, rank
 from profiler.cli import main
-from profiler.ledger import LiveStorage
-from profiler.oom import handle_oom
-from profiler.records import (
-    AllocatorReading,
-    Category,
-    Failure,
-    FailureSource,
-    Phase,
-    Sample,
-    StepRecord,
-)
-
-GiB = 1024**3
-#: At the failure: weights, gradients, optimizer state 20 GiB each, activations 10 GiB.
-AT_FAILURE = (20 * GiB, 0, 20 * GiB, 20 * GiB, 10 * GiB, 0, 0, 0)
-SNAPSHOT = {"segments": [{"device": 0, "total_size": 2 * GiB, "blocks": []}], "device_traces": []}
-
-
-class ScriptedTracker:
-    """Just what the report and the advice read from a tracker."""
-
-    def __init__(self, session: Path) -> None:
-        self.device = torch.device("cuda", 0)
-        self.mode = "fast"
-        self.capacity = None
-        self.gpu_name = None
-        self.session_dir = session
-        self.pid = 1234
-        self.model = None
-        self.model_class = "LlamaForCausalLM"
-        self.param_count = 5 * 1024**3
-        self.trainable_param_count = 5 * 1024**3
-        self.optimizer_class = "AdamW"
-        self.observed_batch = 8
-        self.observed_seq = 4096
-        self.autocast_dtype = torch.bfloat16
-        self.checkpointing = True
-        self.predicted = dict.fromkeys(Category)
-        reading = AllocatorReading(allocated=70 * GiB, reserved=76 * GiB, inactive_split=5 * GiB)
-        self.samples = [
-            Sample(
-                100.0,
-                0,
-                Phase.FORWARD,
-                "model",
-                (20 * GiB, 0, 0, 20 * GiB, 0, 0, 0, 0),
-                40 * GiB,
-                reading,
-            ),
-            Sample(101.0, 0, Phase.BACKWARD, "model.layers.3", AT_FAILURE, 70 * GiB, reading),
-        ]
-        self.steps: list[StepRecord] = []
-        self.ledger = SimpleNamespace(
-            current=list(AT_FAILURE),
-            at_peak=list(AT_FAILURE),
-            category_peak=list(AT_FAILURE),
-            peak=70 * GiB,
-            live_storages=lambda: [
-                LiveStorage(
-                    4 * GiB,
-                    Category.ACTIVATIONS,
-                    "model.layers.3.mlp",
-                    0,
-                    "train.py:88",
-                    None,
-                    (8, 4096, 32768),
-                    "bfloat16",
-                ),
-            ],
-        )
-        self.failure = Failure(
-            source=FailureSource.ALLOCATOR,
-            sample=self.samples[-1],
-            requested=2 * GiB,
-            capacity=80 * GiB,
-            free=1 * GiB,
-            snapshot=SNAPSHOT,
-        )
-        self.events: list = []
-
-    def emit(self, event) -> None:
-        self.events.append(event)
-
-    def waterfall(self):
-        from profiler.waterfall import waterfall
-
-        return waterfall(self)
+from profiler.records import AllocatorReading, Phase, Sample
+from profiler.report.build import MAX_TIMELINE_POINTS, build_report
+from profiler.report.reporter import handle_oom
 
 
 def test_advice_counts_memory_outside_the_tensors(tmp_path: Path):
-    facts = facts_from_tracker(ScriptedTracker(tmp_path))
+    facts = facts_from_run(cuda_oom_run(tmp_path))
     # outside the tracked 70 GiB: 80 - 1 free - 70 = 9 GiB (context, cache, others)
     assert (facts.capacity, facts.overhead) == (80 * GiB, 9 * GiB)
     assert (facts.cached_free, facts.fragmented) == (6 * GiB, True)  # 2 GiB asked, 6 GiB cached
@@ -127,11 +44,11 @@ def test_advice_counts_memory_outside_the_tensors(tmp_path: Path):
 
 
 def test_report_from_a_real_cuda_oom(tmp_path: Path, capsys):
-    tracker = ScriptedTracker(tmp_path)
+    run = cuda_oom_run(tmp_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         report = handle_oom(
-            tracker, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            run, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         )
     assert report is not None and report.path == tmp_path / "oom_report.json"
     assert [str(w.message) for w in caught if "report written" in str(w.message)] == [
@@ -160,7 +77,7 @@ def test_report_from_a_real_cuda_oom(tmp_path: Path, capsys):
     # 5G parameters: worth fine-tuning with adapters; QLoRA drops 17.25 GiB of weights and 99%
     # of the 40 GiB of gradients and optimizer state
     assert [s.kind for s in report.suggestions][:3] == ["lora", "lora", "offload"]
-    assert tracker.events[0].data["suggestion"]["kind"] == "lora"
+    assert run.events[0].data["suggestion"]["kind"] == "lora"
 
     out = tmp_path / "viz.pickle"
     assert (
@@ -177,20 +94,67 @@ def test_report_from_a_real_cuda_oom(tmp_path: Path, capsys):
 
 
 def test_long_timelines_are_thinned_keeping_the_peak_and_the_end(tmp_path: Path):
-    from profiler.oom import MAX_TIMELINE_POINTS, build_report
-
-    tracker = ScriptedTracker(tmp_path)
+    run = cuda_oom_run(tmp_path)
     totals = [(k * 7919) % 1000 for k in range(5000)]
     totals[1234] = 5000  # the peak
     reading = AllocatorReading(allocated=0, reserved=0)
-    tracker.samples = [
+    run.samples = [
         Sample(float(k), k // 10, Phase.FORWARD, None, (0, 0, 0, 0, v, 0, 0, 0), v, reading)
         for k, v in enumerate(totals)
     ]
-    tracker.failure = dataclasses.replace(tracker.failure, sample=tracker.samples[-1])
-    report = build_report(tracker, None)
+    run.failure = dataclasses.replace(run.failure, sample=run.samples[-1])
+    report = build_report(run, None)
     times = [p.time for p in report.timeline]
     assert len(times) == MAX_TIMELINE_POINTS
     assert times == sorted(times)
     assert 1234.0 in times and times[-1] == 4999.0
     assert max(p.total for p in report.timeline) == 5000
+
+
+def test_a_failure_seen_inside_the_allocator_is_read_from_its_snapshot(tmp_path: Path):
+    # The OOM observer runs inside the allocator: its sample has no allocator reading, and the
+    # block's final sample (after torch unwound) shows less allocated. The snapshot taken at the
+    # failure says what was there: two segments, 72 GiB reserved, 69 GiB allocated.
+    run = cuda_oom_run(tmp_path)
+    at_failure = dataclasses.replace(run.samples[-1], allocator=None)
+    after = AllocatorReading(allocated=60 * GiB, reserved=76 * GiB)
+    run.samples = [
+        run.samples[0],
+        at_failure,
+        Sample(102.0, 0, Phase.BACKWARD, None, AT_FAILURE, 70 * GiB, after),
+    ]
+    snapshot = {
+        "segments": [
+            {
+                "device": 0,
+                "total_size": 40 * GiB,
+                "allocated_size": 38 * GiB,
+                "blocks": [
+                    {"size": 38 * GiB, "state": "active_allocated"},
+                    {"size": 2 * GiB, "state": "inactive"},
+                ],
+            },
+            {
+                "device": 0,
+                "total_size": 32 * GiB,
+                "allocated_size": 31 * GiB,
+                "blocks": [
+                    {"size": 31 * GiB, "state": "active_allocated"},
+                    {"size": 1 * GiB, "state": "inactive"},
+                ],
+            },
+            {"device": 1, "total_size": 8 * GiB, "allocated_size": 0, "blocks": []},
+        ]
+    }
+    assert run.failure is not None
+    run.failure = dataclasses.replace(run.failure, sample=at_failure, snapshot=snapshot)
+    report = build_report(run, None)
+    frag = report.fragmentation
+    assert frag is not None
+    assert (frag.reserved, frag.allocated, frag.cached_free) == (72 * GiB, 69 * GiB, 3 * GiB)
+    assert (frag.segments, frag.largest_free_block, frag.inactive_split) == (2, 2 * GiB, None)
+    labels = [(r.label, r.bytes) for r in report.waterfall]
+    assert ("PyTorch reserved", 72 * GiB) in labels and ("allocated", 69 * GiB) in labels
+    # 3 GiB cached but free at the failure, more than the 2 GiB asked: fragmentation's doing
+    facts = facts_from_run(run)
+    assert (facts.cached_free, facts.fragmented) == (3 * GiB, True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_report_support import make_cuda_report, make_report
 
-from profiler.oom import write_report
+from profiler.report import write_report
 from profiler.report.render_html import CHART_IDS
 
 CHROMIUM = next(

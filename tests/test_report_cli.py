@@ -10,7 +10,7 @@ import pytest
 from test_report_support import MiB, make_cuda_report, make_report
 
 from profiler.cli import main
-from profiler.oom import REPORT_STEM, write_report
+from profiler.report import REPORT_STEM, write_report
 from profiler.report.model import report_to_json
 from profiler.report.render_html import render_html
 from profiler.report.render_md import render_markdown

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from test_report_support import AT_FAILURE, MiB, make_cuda_report, make_report
 
 from profiler.errors import StreamError, UnknownNameError
-from profiler.oom import load_report, write_report
-from profiler.report import render
+from profiler.report import load_report, render, write_report
 from profiler.report.model import (
     SCHEMA_VERSION,
     report_from_dict,
@@ -184,3 +185,18 @@ def test_render_dispatches_and_rejects_unknown_format():
     assert json.loads(render(report, "json"))["requested"] == 64 * MiB
     with pytest.raises(UnknownNameError):
         render(report, "pdf")
+
+
+def test_reading_and_rendering_a_saved_report_never_imports_torch(tmp_path: Path):
+    path = write_report(make_report(), tmp_path).path
+    code = (
+        "import sys\n"
+        "from profiler.report import find_report, load_report, render\n"
+        f"report = load_report(find_report({str(tmp_path)!r}))\n"
+        "assert render(report, 'html').startswith('<!DOCTYPE html>')\n"
+        "print(report.path, sorted(m for m in ('torch', 'pandas', 'textual') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == f"{path} []"

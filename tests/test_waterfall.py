@@ -1,15 +1,24 @@
-"""The waterfall: exact arithmetic, its text, what does not add up, and reading it off a tracker."""
+"""The waterfall: exact arithmetic, its text, what does not add up, and reading it off a run."""
 
 from __future__ import annotations
 
 import warnings
-from types import SimpleNamespace
 
 import pytest
 import torch
+from fakes_report import ScriptedTracker, session_info
 
-from profiler.records import CATEGORIES, AllocatorReading, Category, NvmlReading, Phase, Sample
-from profiler.waterfall import Waterfall, build_waterfall, waterfall
+from profiler.records import (
+    CATEGORIES,
+    AllocatorReading,
+    Category,
+    Failure,
+    FailureSource,
+    NvmlReading,
+    Phase,
+    Sample,
+)
+from profiler.waterfall import Waterfall, build_waterfall, waterfall, waterfall_at_failure
 
 MiB = 1024**2
 
@@ -125,7 +134,7 @@ def _sample(
     )
 
 
-def test_from_tracker_uses_last_sample_with_allocator_and_latest_nvml() -> None:
+def test_from_a_run_uses_last_sample_with_allocator_and_latest_nvml() -> None:
     split_a = [100 * MiB, 0, 0, 0, 50 * MiB, 0, 0, 0]
     split_b = [100 * MiB, 0, 100 * MiB, 200 * MiB, 0, 0, 2 * MiB, 0]
     samples = [
@@ -135,8 +144,8 @@ def test_from_tracker_uses_last_sample_with_allocator_and_latest_nvml() -> None:
         _sample(1, split_b, AllocatorReading(402 * MiB, 512 * MiB, inactive_split=6 * MiB), None),
         _sample(2, split_a, None, None),  # a sample without readings is skipped
     ]
-    tracker = SimpleNamespace(samples=samples, device=torch.device("cuda", 0))
-    w = waterfall(tracker)
+    run = ScriptedTracker(info=session_info(device="cuda:0"), samples=samples)
+    w = waterfall(run)
     assert w.device == "cuda:0"
     assert w.nvml_process_used == 700 * MiB
     assert w.outside_pytorch == 188 * MiB
@@ -146,23 +155,53 @@ def test_from_tracker_uses_last_sample_with_allocator_and_latest_nvml() -> None:
     assert w.unattributed == 0
 
 
-def test_from_cpu_tracker_has_categories_only() -> None:
+def test_from_a_cpu_run_has_categories_only() -> None:
     split = [64, 0, 0, 0, 32, 0, 0, 0]
-    tracker = SimpleNamespace(samples=[_sample(0, split, None, None)], device=torch.device("cpu"))
-    w = waterfall(tracker)
+    run = ScriptedTracker(samples=[_sample(0, split, None, None)])
+    w = waterfall(run)
     assert (w.device, w.reserved, w.allocated, w.nvml_process_used) == ("cpu", None, None, None)
     assert w.categories[Category.WEIGHTS] == 64 and w.categories_total == 96
 
 
-def test_from_cuda_tracker_without_readings_reads_live_and_never_starts_cuda() -> None:
-    tracker = SimpleNamespace(samples=[], device=torch.device("cuda", 0))
+def test_from_a_cuda_run_without_readings_reads_live_and_never_starts_cuda() -> None:
+    run = ScriptedTracker(info=session_info(device="cuda:0"))
     started = torch.cuda.is_initialized()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # no NVML here: one degraded-mode warning
-        w = waterfall(tracker)
+        w = waterfall(run)
     assert torch.cuda.is_initialized() == started
     if not started:
         assert (w.reserved, w.allocated, w.categories) == (None, None, {})
+
+
+def test_at_the_failure_uses_its_own_sample_then_the_snapshot() -> None:
+    before = [100 * MiB, 0, 0, 0, 50 * MiB, 0, 0, 0]
+    at = [100 * MiB, 0, 0, 0, 300 * MiB, 0, 0, 0]
+    after = [100 * MiB, 0, 0, 0, 0, 0, 0, 0]
+    failing = _sample(1, at, AllocatorReading(400 * MiB, 512 * MiB), None)
+    samples = [
+        _sample(0, before, AllocatorReading(150 * MiB, 160 * MiB), NvmlReading(700 * MiB, 1, 2)),
+        failing,
+        _sample(2, after, AllocatorReading(100 * MiB, 512 * MiB), None),  # after the unwinding
+    ]
+    failure = Failure(FailureSource.ALLOCATOR, failing, 200 * MiB, 1024 * MiB, 100 * MiB)
+    run = ScriptedTracker(info=session_info(device="cuda:0"), samples=samples, failure=failure)
+    w = waterfall_at_failure(run)
+    assert (w.allocated, w.reserved, w.nvml_process_used) == (400 * MiB, 512 * MiB, 700 * MiB)
+    assert w.categories[Category.ACTIVATIONS] == 300 * MiB and w.unattributed == 0
+    assert waterfall(run).allocated == 100 * MiB  # the latest, as ``mem.waterfall()`` shows
+    # seen inside the allocator: no reading in the failure's sample, the snapshot's figures
+    blind = _sample(1, at, None, None)
+    snapshot = {"segments": [{"device": 0, "total_size": 500 * MiB, "allocated_size": 400 * MiB}]}
+    run.failure = Failure(FailureSource.ALLOCATOR, blind, 200 * MiB, None, None, snapshot=snapshot)
+    w = waterfall_at_failure(run)
+    assert (w.allocated, w.reserved, w.cached_free) == (400 * MiB, 500 * MiB, 100 * MiB)
+    # and without a snapshot, the latest reading recorded
+    run.failure = Failure(FailureSource.ALLOCATOR, blind, 200 * MiB, None, None)
+    assert (waterfall_at_failure(run).allocated, waterfall_at_failure(run).reserved) == (
+        100 * MiB,
+        512 * MiB,
+    )
 
 
 def test_real_tracker_on_cpu() -> None:

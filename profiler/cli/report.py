@@ -10,10 +10,13 @@ CUDA has none, and the command then says so on one line and exits 1.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from profiler.errors import GpumemError
+from profiler.report import find_report, load_report, render
+from profiler.session.atomic import write_atomic
 
 HELP = "Render a saved OOM report (Markdown, HTML or JSON)."
 
@@ -41,38 +44,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--home", metavar="DIR", help="gpumem home (default: $GPUMEM_HOME)")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    import contextlib
-    import os
-    import tempfile
-
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # an output file the user asked for: usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _write(path: Path, data: bytes, what: str) -> None:
+    """Write an output file the user asked for, atomically and with the usual permissions."""
+    umask = os.umask(0)
+    os.umask(umask)
     try:
-        _atomic_write(path, data)
+        write_atomic(path, data, mode=0o666 & ~umask)
     except OSError as exc:
         raise GpumemError(f"cannot write {what} to {path}: {exc.strerror or exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:
     """Render the report; 0 on success."""
-    from profiler.oom import find_report, load_report
-    from profiler.report import render
-
     path = find_report(args.target, home=args.home)
     report = load_report(path)
     fmt = args.format

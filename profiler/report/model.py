@@ -1,5 +1,9 @@
 """The OOM post-mortem report as data: a frozen dataclass tree that round-trips through JSON.
 
+Plain data only: the report is built by :mod:`profiler.report.build`, written and read by
+:mod:`profiler.report.store` and rendered by :mod:`profiler.report.render`; none of them is
+imported here.
+
 Every figure is ``int`` bytes; a figure that could not be measured is ``None``. The JSON carries
 ``"schema": SCHEMA_VERSION``; :func:`report_from_json` rejects a newer schema, a torn or corrupt
 file and a missing field with a one-line :class:`~profiler.errors.StreamError`, and ignores
@@ -175,11 +179,6 @@ class OomReport:
         values = [row.predicted for row in self.breakdown if row.predicted is not None]
         return sum(values) if values else None
 
-    def __str__(self) -> str:
-        from profiler.report.render_md import render_markdown
-
-        return render_markdown(self)
-
 
 # -- JSON ------------------------------------------------------------------------------------
 
@@ -223,63 +222,50 @@ _HINTS_CACHE: dict[type, dict[str, Any]] = {}
 
 
 def _hints(cls: type) -> dict[str, Any]:
+    """The resolved field types of ``cls`` (from the module that defines it)."""
     hints = _HINTS_CACHE.get(cls)
     if hints is None:
-        import profiler.advice as advice_module
-
-        namespace = dict(globals())
-        namespace.update(vars(advice_module))
-        hints = typing.get_type_hints(cls, globalns=namespace)
+        hints = typing.get_type_hints(cls)
         _HINTS_CACHE[cls] = hints
     return hints
 
 
-def _decode(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            if type(None) in args:
-                return None
-            raise _Invalid(where, "is null")
-        errors = []
-        for arg in args:
-            if arg is type(None):
+def _decode_union(args: tuple[Any, ...], value: Any, where: str) -> Any:
+    if value is None:
+        if type(None) in args:
+            return None
+        raise _Invalid(where, "is null")
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _decode(arg, value, where)
+        except _Invalid as exc:
+            errors.append(exc)
+    raise errors[0]
+
+
+def _decode_dataclass(tp: type, value: Any, where: str) -> Any:
+    if not isinstance(value, dict):
+        raise _Invalid(where, f"expected an object, got {type(value).__name__}")
+    kwargs = {}
+    hints = _hints(tp)
+    for f in dataclasses.fields(tp):
+        if f.name in _NOT_IN_JSON:
+            continue
+        if f.name not in value:
+            has_default = (
+                f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+            )
+            if has_default:
                 continue
-            try:
-                return _decode(arg, value, where)
-            except _Invalid as exc:
-                errors.append(exc)
-        raise errors[0]
-    if tp is Any:
-        return value
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise _Invalid(where, f"expected an object, got {type(value).__name__}")
-        kwargs = {}
-        hints = _hints(tp)
-        for f in dataclasses.fields(tp):
-            if f.name in _NOT_IN_JSON:
-                continue
-            if f.name not in value:
-                has_default = (
-                    f.default is not dataclasses.MISSING
-                    or f.default_factory is not dataclasses.MISSING
-                )
-                if has_default:
-                    continue
-                raise _Invalid(f"{where}.{f.name}", "missing")
-            kwargs[f.name] = _decode(hints[f.name], value[f.name], f"{where}.{f.name}")
-        return typing.cast(Any, tp)(**kwargs)
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise _Invalid(where, f"expected a list, got {type(value).__name__}")
-        item = args[0] if args else Any
-        return tuple(_decode(item, v, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin in (dict, Mapping) or tp in (dict, Mapping) or origin is typing.Mapping:
-        if not isinstance(value, dict):
-            raise _Invalid(where, f"expected an object, got {type(value).__name__}")
-        return dict(value)
+            raise _Invalid(f"{where}.{f.name}", "missing")
+        kwargs[f.name] = _decode(hints[f.name], value[f.name], f"{where}.{f.name}")
+    return typing.cast(Any, tp)(**kwargs)
+
+
+def _decode_scalar(tp: Any, value: Any, where: str) -> Any:
     if tp is bool:
         if not isinstance(value, bool):
             raise _Invalid(where, f"expected true/false, got {value!r}")
@@ -297,6 +283,28 @@ def _decode(tp: Any, value: Any, where: str) -> Any:
             raise _Invalid(where, f"expected a string, got {value!r}")
         return value
     raise _Invalid(where, f"cannot read a {tp!r}")  # pragma: no cover - a schema bug
+
+
+def _decode(tp: Any, value: Any, where: str) -> Any:
+    """``value`` (parsed JSON) as type ``tp``, checked; ``where`` is its dotted path."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return _decode_union(args, value, where)
+    if tp is Any:
+        return value
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _decode_dataclass(tp, value, where)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise _Invalid(where, f"expected a list, got {type(value).__name__}")
+        item = args[0] if args else Any
+        return tuple(_decode(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (dict, Mapping) or tp in (dict, Mapping) or origin is typing.Mapping:
+        if not isinstance(value, dict):
+            raise _Invalid(where, f"expected an object, got {type(value).__name__}")
+        return dict(value)
+    return _decode_scalar(tp, value, where)
 
 
 def report_from_dict(data: Any, *, source: str = "report") -> OomReport:

@@ -12,13 +12,11 @@ from __future__ import annotations
 import html
 import json
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from profiler.report import tables
+from profiler.report.model import OomReport
 from profiler.units import format_bytes
-
-if TYPE_CHECKING:
-    from profiler.report.model import OomReport
 
 __all__ = ["CHART_IDS", "render_html"]
 
@@ -59,14 +57,19 @@ def _ticks(maximum: int, count: int = 5) -> list[list[Any]]:
     return [[v, format_bytes(v)] for v in range(0, top + 1, step)]
 
 
-def _chart_data(report: OomReport) -> dict[str, Any]:
-    categories = list(report.categories) or [r.category for r in report.breakdown]
+def _categories(report: OomReport) -> list[str]:
+    return list(report.categories) or [r.category for r in report.breakdown]
+
+
+def _breakdown_chart(report: OomReport) -> dict[str, Any]:
+    """The bytes at the failure by category, the request on top, against the capacity."""
+    categories = _categories(report)
     rows = {r.category: r for r in report.breakdown}
     current = [rows[c].current if c in rows else 0 for c in categories]
     capacity = report.capacity
     tracked = sum(current)
     scale_max = max(capacity or 0, tracked + (report.requested or 0), report.peak or 0, 1)
-    breakdown = {
+    return {
         "segments": [
             {"name": c, "value": v, "label": f"{c}: {format_bytes(v)}", "color": COLORS.get(c)}
             for c, v in zip(categories, current, strict=True)
@@ -78,9 +81,15 @@ def _chart_data(report: OomReport) -> dict[str, Any]:
         "capacityLabel": f"capacity {format_bytes(capacity)}",
         "ticks": _ticks(scale_max),
     }
+
+
+def _timeline_chart(report: OomReport) -> dict[str, Any]:
+    """The samples up to the failure, stacked by category, seconds from the first."""
+    categories = _categories(report)
+    capacity = report.capacity
     timeline_max = max([p.total for p in report.timeline] + [capacity or 0, 1])
     start = report.timeline[0].time if report.timeline else 0.0
-    timeline = {
+    return {
         "categories": categories,
         "colors": [COLORS.get(c, "#888") for c in categories],
         "points": [[round(p.time - start, 6), list(p.bytes)] for p in report.timeline],
@@ -90,8 +99,12 @@ def _chart_data(report: OomReport) -> dict[str, Any]:
         "end": round(report.timeline[-1].time - start, 6) if report.timeline else 0,
         "endLabel": "failure",
     }
+
+
+def _waterfall_chart(report: OomReport) -> dict[str, Any]:
+    """The waterfall's rows as bars, indented by level."""
     waterfall_max = max([r.bytes or 0 for r in report.waterfall] + [1])
-    waterfall = {
+    return {
         "rows": [
             {
                 "label": r.label,
@@ -104,9 +117,13 @@ def _chart_data(report: OomReport) -> dict[str, Any]:
         ],
         "ticks": _ticks(waterfall_max, 3),
     }
+
+
+def _predicted_chart(report: OomReport) -> dict[str, Any]:
+    """Measured (share of the peak) beside predicted, per category that has either."""
     predicted_rows = [r for r in report.breakdown if r.predicted is not None or r.at_peak]
     predicted_max = max([max(r.at_peak, r.predicted or 0) for r in predicted_rows] + [1])
-    predicted = {
+    return {
         "rows": [
             {
                 "name": r.category,
@@ -123,9 +140,14 @@ def _chart_data(report: OomReport) -> dict[str, Any]:
         ],
         "ticks": _ticks(predicted_max, 3),
     }
+
+
+def _suggestions_chart(report: OomReport) -> dict[str, Any]:
+    """Each suggestion's peak after it, against the capacity."""
+    capacity = report.capacity
     peaks = [s.peak_after or 0 for s in report.suggestions]
     suggestions_max = max(peaks + [capacity or 0, 1])
-    suggestions = {
+    return {
         "rows": [
             {
                 "title": s.title,
@@ -139,12 +161,16 @@ def _chart_data(report: OomReport) -> dict[str, Any]:
         "capacityLabel": f"capacity {format_bytes(capacity)}",
         "ticks": _ticks(suggestions_max),
     }
+
+
+def _chart_data(report: OomReport) -> dict[str, Any]:
+    """Every chart's data, by the name the page's script draws it under."""
     return {
-        "breakdown": breakdown,
-        "timeline": timeline,
-        "waterfall": waterfall,
-        "predicted": predicted,
-        "suggestions": suggestions,
+        "breakdown": _breakdown_chart(report),
+        "timeline": _timeline_chart(report),
+        "waterfall": _waterfall_chart(report),
+        "predicted": _predicted_chart(report),
+        "suggestions": _suggestions_chart(report),
     }
 
 

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from profiler.report import tables
+from profiler.report.model import OomReport
 from profiler.units import format_bytes
-
-if TYPE_CHECKING:
-    from profiler.report.model import OomReport
 
 __all__ = ["render_markdown"]
 
@@ -29,6 +25,39 @@ def _section(title: str, table: tables.Table | str) -> list[str]:
     return ["", f"## {title}", "", *body]
 
 
+def _suggestions(report: OomReport) -> list[str]:
+    out = ["", "## Suggestions (most bytes saved first)", ""]
+    if not report.suggestions:
+        return [*out, "No suggestion applies."]
+    out += _table(*tables.suggestion_table(report))
+    details = [f"{i}. {s.detail}" for i, s in enumerate(report.suggestions, 1) if s.detail]
+    return out + ([""] + details if details else [])
+
+
+def _waterfall(report: OomReport) -> list[str]:
+    out = ["", "## Waterfall at the failure", "", "```"]
+    width = max((2 * r.level + len(r.label) for r in report.waterfall), default=10) + 2
+    for r in report.waterfall:
+        label = "  " * r.level + r.label
+        out.append(f"{label:<{width}}{format_bytes(r.bytes):>12}")
+    return [*out, "```"]
+
+
+def _timeline(report: OomReport) -> list[str]:
+    out = ["", "## Timeline leading up to the failure", ""]
+    if not report.timeline:
+        return [*out, "No samples."]
+    start = report.timeline[0].time
+    tail = report.timeline[-12:]
+    out += _table(
+        ["t (s)", "step", "phase", "total"],
+        [[f"{p.time - start:.3f}", p.step, p.phase, format_bytes(p.total)] for p in tail],
+    )
+    if len(report.timeline) > len(tail):
+        out.append(f"(last {len(tail)} of {len(report.timeline)} samples)")
+    return out
+
+
 def render_markdown(report: OomReport) -> str:
     """The whole report as a Markdown document."""
     out = [f"# gpumem OOM report: {tables.heading(report)}", ""]
@@ -39,14 +68,7 @@ def render_markdown(report: OomReport) -> str:
     if run[1]:
         out += _section("Run", run)
 
-    out += ["", "## Suggestions (most bytes saved first)", ""]
-    if report.suggestions:
-        out += _table(*tables.suggestion_table(report))
-        details = [f"{i}. {s.detail}" for i, s in enumerate(report.suggestions, 1) if s.detail]
-        if details:
-            out += [""] + details
-    else:
-        out.append("No suggestion applies.")
+    out += _suggestions(report)
 
     out += _section("Memory by category", tables.breakdown_table(report))
     predicted = report.predicted_total
@@ -58,12 +80,7 @@ def render_markdown(report: OomReport) -> str:
             f"predicted, {format_bytes(measured)} measured at the peak.",
         ]
 
-    out += ["", "## Waterfall at the failure", "", "```"]
-    width = max((2 * r.level + len(r.label) for r in report.waterfall), default=10) + 2
-    for r in report.waterfall:
-        label = "  " * r.level + r.label
-        out.append(f"{label:<{width}}{format_bytes(r.bytes):>12}")
-    out.append("```")
+    out += _waterfall(report)
 
     out += _section(
         "Largest live tensors", tables.tensor_table(report) if report.tensors else "None recorded."
@@ -71,18 +88,7 @@ def render_markdown(report: OomReport) -> str:
     out += _section("Fragmentation", tables.fragmentation_table(report))
     out += _section("Other processes on the GPU", tables.process_table(report))
 
-    out += ["", "## Timeline leading up to the failure", ""]
-    if report.timeline:
-        start = report.timeline[0].time
-        tail = report.timeline[-12:]
-        out += _table(
-            ["t (s)", "step", "phase", "total"],
-            [[f"{p.time - start:.3f}", p.step, p.phase, format_bytes(p.total)] for p in tail],
-        )
-        if len(report.timeline) > len(tail):
-            out.append(f"(last {len(tail)} of {len(report.timeline)} samples)")
-    else:
-        out.append("No samples.")
+    out += _timeline(report)
     if report.snapshot:
         out += [
             "",

@@ -7,12 +7,9 @@ Each function returns ``(header, rows)`` with cells already formatted (bytes thr
 from __future__ import annotations
 
 import datetime as _dt
-from typing import TYPE_CHECKING
 
+from profiler.report.model import OomReport
 from profiler.units import format_bytes
-
-if TYPE_CHECKING:
-    from profiler.report.model import OomReport
 
 Table = tuple[list[str], list[list[object]]]
 

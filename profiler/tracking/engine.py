@@ -15,7 +15,7 @@ import torch.optim.optimizer as optim_mod
 from torch.nn.modules import module as module_mod
 
 from profiler.errors import TrackingError
-from profiler.ledger import Ledger
+from profiler.ledger import GRADIENTS, Ledger
 from profiler.records import Event, EventKind, Phase
 from profiler.tracking.capture import FailureCapture
 from profiler.tracking.exact import ExactStrategy
@@ -209,9 +209,12 @@ class Engine:
         if Part.GRADIENT_HOOKS in self.guard.disabled:
             return
         try:
-            if self.state.phase is not Phase.BACKWARD:
+            state = self.state
+            if state.phase is not Phase.BACKWARD:
                 self.phases.enter_backward()
-            self.known.claim_grad(param)
+            grad = param.grad
+            if grad is not None and (state.wanted is None or state.wanted(grad)):
+                state.ledger.claim(grad, GRADIENTS)
         except Exception as error:
             self.guard.fail(Part.GRADIENT_HOOKS, error)
 

@@ -65,6 +65,7 @@ class ExactStrategy:
         self.guard = guard
         self.phases = phases
         self.hooks = hooks
+        self._tensor_hooks = hooks.group(TENSOR_HOOKS)  # the same list HookSet empties
         #: The dispatch mode and saved-tensor hooks are on (off again after a failure).
         self.on = False
         self._mode: _LedgerMode | None = None
@@ -172,8 +173,7 @@ class ExactStrategy:
         the module's backward start (outputs, ``starting``) or end (inputs)."""
         for tensor in tensors_in(value):
             if tensor.requires_grad:
-                handle = tensor.register_hook(_BackwardMark(self, name, starting))
-                self.hooks.add(TENSOR_HOOKS, handle)
+                self._tensor_hooks.append(tensor.register_hook(_BackwardMark(self, name, starting)))
                 return
 
     # ------------------------------------------------------------------ backward frames

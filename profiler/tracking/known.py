@@ -103,13 +103,6 @@ class KnownTensors:
 
     # ------------------------------------------------------------------ gradients, optimizers
 
-    def claim_grad(self, param: torch.Tensor) -> None:
-        """A parameter's gradient landed: it is a gradient."""
-        grad = param.grad
-        state = self.state
-        if grad is not None and (state.wanted is None or state.wanted(grad)):
-            state.ledger.claim(grad, GRADIENTS)
-
     def claim_model_grads(self) -> None:
         """Claim every trainable parameter's gradient (fast mode, once per backward end)."""
         ledger = self.state.ledger

@@ -1,33 +1,25 @@
-"""A scripted run for the report, advice and waterfall tests: a :class:`TrackedRun` from plain data.
+"""Scripted runs for the report, advice and waterfall tests (the fake itself is in fakes.py).
 
-``ScriptedTracker`` holds exactly what :class:`~profiler.run.RunView` exposes, set by the test;
-mypy checks it against the protocol (this file is listed in ``[tool.mypy] files``), so a change
-to ``RunView`` that the fake does not follow fails the type check, not a test at random.
 ``cuda_oom_run`` is a real CUDA OOM as the tracker records it (on CPU, no device needed).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fakes import ScriptedTracker, session_info
+
 from profiler.records import (
-    CATEGORIES,
     AllocatorReading,
     Category,
-    Event,
     Failure,
     FailureSource,
     LiveStorage,
-    ModuleActivity,
     Peaks,
     Phase,
     Sample,
-    SessionInfo,
-    StepRecord,
 )
 from profiler.run import TrackedRun
 
@@ -40,77 +32,6 @@ SNAPSHOT: Mapping[str, Any] = {
     "segments": [{"device": 0, "total_size": 2 * GiB, "blocks": []}],
     "device_traces": [],
 }
-_ZEROS = (0,) * len(CATEGORIES)
-
-
-def session_info(**facts: Any) -> SessionInfo:
-    """A CPU run's facts with nothing known, overridden by ``facts`` (``device="cuda:0"`` also
-    sets the device type and index)."""
-    device = str(facts.get("device", "cpu"))
-    kind, _, index = device.partition(":")
-    base = SessionInfo(
-        name="scripted",
-        mode="exact",
-        device=device,
-        device_type=kind,
-        device_index=int(index) if index else None,
-        rounding=1,
-        capacity=None,
-        gpu_name=None,
-        pid=1234,
-        step=0,
-        model_class=None,
-        param_count=None,
-        trainable_param_count=None,
-        optimizer_class=None,
-        observed_batch=None,
-        observed_seq=None,
-        kv_tokens=None,
-        kv_cache_reused=False,
-        autocast_dtype=None,
-        checkpointing=None,
-        attention_impl=None,
-        training=False,
-        start_time=None,
-        end_time=None,
-        session_dir=None,
-        home=None,
-    )
-    return dataclasses.replace(base, **facts)
-
-
-@dataclass
-class ScriptedTracker:
-    """A run made of the records a test sets; ``events`` collects what the analysers emit."""
-
-    info: SessionInfo = field(default_factory=session_info)
-    samples: list[Sample] = field(default_factory=list)
-    steps: list[StepRecord] = field(default_factory=list)
-    peaks: Peaks = field(default_factory=lambda: Peaks(0, _ZEROS, _ZEROS, _ZEROS))
-    failure: Failure | None = None
-    predicted: dict[Category, int | None] = field(default_factory=lambda: dict.fromkeys(Category))
-    device_total: int | None = None
-    model: Any = None
-    activity: list[ModuleActivity] = field(default_factory=list)
-    storages: list[LiveStorage] = field(default_factory=list)
-    caches: list[Any] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-    hunts: list[int] = field(default_factory=list)
-
-    def module_activity(self) -> list[ModuleActivity]:
-        return list(self.activity)
-
-    def live_storages(self) -> list[LiveStorage]:
-        return list(self.storages)
-
-    def kv_caches(self) -> list[Any]:
-        return list(self.caches)
-
-    def hunt(self, steps: int) -> None:
-        self.hunts.append(steps)
-
-    def emit(self, event: Event) -> None:
-        self.events.append(event)
 
 
 def cuda_oom_run(session: Path) -> ScriptedTracker:
@@ -166,6 +87,5 @@ def cuda_oom_run(session: Path) -> ScriptedTracker:
 
 
 def _conforms(session: Path) -> None:
-    """Never called: mypy checks here that the fake is a :class:`TrackedRun`."""
-    _: TrackedRun = ScriptedTracker()
-    _ = cuda_oom_run(session)
+    """Never called: mypy checks here that the scripted CUDA run is a :class:`TrackedRun`."""
+    _: TrackedRun = cuda_oom_run(session)

@@ -45,6 +45,8 @@ _LAZY = {
     "OomReport": "profiler.report",
     "Waterfall": "profiler.waterfall",
     "SessionReader": "profiler.session.reader",
+    "load": "profiler.saved",
+    "SavedRun": "profiler.saved",
 }
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "OomReport",
     "Phase",
     "Sample",
+    "SavedRun",
     "SessionReader",
     "SimulatedOutOfMemoryError",
     "StepRecord",
@@ -80,6 +83,7 @@ __all__ = [
     "estimate",
     "find_gpu",
     "format_bytes",
+    "load",
     "load_report",
     "parse_bytes",
     "preset_names",

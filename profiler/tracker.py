@@ -8,14 +8,16 @@ allocator counter at boundaries); this module wires it to the observers that use
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from profiler import views
+from profiler import saved, views
 from profiler.advice import Suggestion, suggest
 from profiler.errors import UsageError
 from profiler.leaks import Leak, LeakDetector
@@ -389,6 +391,19 @@ class MemoryTracker:
     def waterfall(self) -> Waterfall:
         """NVML → reserved → allocated → categories, for this tracker's device."""
         return waterfall(self)
+
+    def metrics(self) -> dict[str, int]:
+        """A flat ``{"gpumem/<name>": number}`` dict for loggers (see :func:`views.metrics`)."""
+        return views.metrics(self, leaks=len(self.leaks()))
+
+    def to_json(self) -> str:
+        """The whole result (facts, samples, steps, peaks, modules, failure, leaks) as JSON."""
+        document = saved.run_to_dict(self, leaks=[leak.as_dict() for leak in self.leaks()])
+        return json.dumps(document, separators=(",", ":"), allow_nan=False)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`to_json` to ``path`` atomically; ``profiler.load(path)`` reads it back."""
+        return saved.save(self, path, leaks=[leak.as_dict() for leak in self.leaks()])
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able summary of the session (written to the stream at the end)."""

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 __all__ = [
     "breakdown",
     "compare_context",
+    "metrics",
     "modules",
     "summary",
     "table",
@@ -192,3 +193,32 @@ def compare_context(run: RunView) -> dict[str, Any]:
         "training": info.training,
         "device": info.device,
     }
+
+
+def metrics(run: RunView, *, leaks: int | None = None, prefix: str = "gpumem/") -> dict[str, int]:
+    """A flat ``{name: number}`` dict for any logger (TensorBoard, W&B, MLflow, Lightning).
+
+    ``gpumem/<category>``: bytes per category now; ``gpumem/current``: their total;
+    ``gpumem/peak``: the highest total; ``gpumem/peak_<category>``: each category's own highest;
+    ``gpumem/predicted_<category>``: the prediction, where there is one; ``gpumem/step``: steps
+    done; ``gpumem/device_total``: the device's (or simulated) memory, where known;
+    ``gpumem/leaks``: leaks confirmed, when ``leaks`` is given. All values are int bytes or counts.
+    """
+    peaks = run.peaks
+    out: dict[str, int] = {}
+    for i, category in enumerate(CATEGORIES):
+        out[f"{prefix}{category}"] = peaks.current[i]
+    out[f"{prefix}current"] = sum(peaks.current)
+    out[f"{prefix}peak"] = peaks.total
+    for i, category in enumerate(CATEGORIES):
+        out[f"{prefix}peak_{category}"] = peaks.by_category[i]
+    for category in CATEGORIES:
+        predicted = run.predicted.get(category)
+        if predicted is not None:
+            out[f"{prefix}predicted_{category}"] = int(predicted)
+    out[f"{prefix}step"] = run.info.step
+    if run.device_total is not None:
+        out[f"{prefix}device_total"] = run.device_total
+    if leaks is not None:
+        out[f"{prefix}leaks"] = leaks
+    return out

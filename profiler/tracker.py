@@ -183,6 +183,11 @@ class MemoryTracker:
         for observer in list(engine.history.observers):
             engine.history.call(observer, "on_start", self)
 
+    def update_predictions(self) -> None:
+        """Predict each category again from what the run has shown so far (batch, sequence,
+        optimizer state); the block's end does this too."""
+        self._predict()
+
     def _predict(self) -> None:
         state = self._state
         optimizers = state.optimizers()

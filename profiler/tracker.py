@@ -20,6 +20,7 @@ import torch
 from profiler import saved, views
 from profiler.advice import Suggestion, suggest
 from profiler.errors import UsageError
+from profiler.integrations.unwrap import unwrap_model, unwrap_optimizer
 from profiler.leaks import Leak, LeakDetector
 from profiler.predict.compare import compare
 from profiler.predict.gpus import find_gpu
@@ -110,6 +111,8 @@ class MemoryTracker:
         max_samples: int = 50_000,
         max_steps: int = 20_000,
     ) -> None:
+        # the real model and optimizer behind DDP / FSDP / torch.compile / AcceleratedOptimizer
+        model, optimizer = unwrap_model(model), unwrap_optimizer(optimizer)
         if model is not None and not isinstance(model, torch.nn.Module):
             raise UsageError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 from profiler.cli import demo, devices, estimate, report
+from profiler.cli import run as run_script
 from profiler.errors import GpumemError
 
 #: The name gpumem is published under on PyPI (``gpumem`` there is an unrelated project).
@@ -44,6 +45,7 @@ BUILTIN: dict[str, Command] = {
     "estimate": estimate,
     "devices": devices,
     "report": report,
+    "run": run_script,
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,6 +40,7 @@ from profiler.records import (
 )
 from profiler.report.model import OomReport
 from profiler.report.reporter import handle_oom
+from profiler.session.atomic import write_atomic
 from profiler.session.writer import SessionWriter
 from profiler.tracking import Engine, Options
 from profiler.units import format_bytes
@@ -92,6 +94,8 @@ class MemoryTracker:
         leaks: run the leak detector on step ends.
         max_samples: bound on the samples kept in memory (older ones are thinned, never all lost).
         max_steps: bound on the step records kept, likewise.
+        history: record the CUDA allocator's history for :meth:`export_memory_viz` (``True``:
+            its last 100,000 events, or that many); about 2 µs per allocation while on.
     """
 
     def __init__(
@@ -110,6 +114,7 @@ class MemoryTracker:
         leaks: bool = True,
         max_samples: int = 50_000,
         max_steps: int = 20_000,
+        history: bool | int = False,
     ) -> None:
         # the real model and optimizer behind DDP / FSDP / torch.compile / AcceleratedOptimizer
         model, optimizer = unwrap_model(model), unwrap_optimizer(optimizer)
@@ -135,6 +140,7 @@ class MemoryTracker:
             leaks=leaks,
             max_samples=max_samples,
             max_steps=max_steps,
+            history=history,
         )
         self.requested_mode = mode
         self._engine = Engine(options, model, optimizer)
@@ -412,6 +418,17 @@ class MemoryTracker:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_json` to ``path`` atomically; ``profiler.load(path)`` reads it back."""
         return saved.save(self, path, leaks=[leak.as_dict() for leak in self.leaks()])
+
+    def export_memory_viz(self, path: str | os.PathLike[str]) -> Path:
+        """Write the CUDA allocator snapshot with its recorded history (``history=True``) as the
+        pickle PyTorch's memory_viz page opens (https://pytorch.org/memory_viz)."""
+        snapshot = self._engine.capture.memory_viz_snapshot()
+        if snapshot is None:
+            raise UsageError(
+                "no allocator history was recorded",
+                hint="track_memory(..., history=True) on a CUDA device",
+            )
+        return write_atomic(path, pickle.dumps(snapshot, protocol=4), mode=0o644)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able summary of the session (written to the stream at the end)."""

@@ -38,6 +38,9 @@ class FailureCapture:
         self.history = history
         self.guard = guard
         self.observer: cuda.OomObserver | None = None
+        self.recorder: cuda.MemoryHistory | None = None
+        self.history_entries = 0
+        self.history_snapshot: Any = None
 
     def capture(
         self,
@@ -104,9 +107,41 @@ class FailureCapture:
             self.observer = None
 
     def reattach(self) -> None:
-        """At a step end: attach if CUDA came up since."""
+        """At a step end: attach (and start the history) if CUDA came up since."""
         if self.observer is not None and not self.observer.attached:
             self.attach()
+        if self.history_entries and self.recorder is None:
+            self.start_history(self.history_entries)
+
+    def start_history(self, entries: int) -> None:
+        """Record the CUDA allocator's history (every alloc and free, with stacks), bounded to
+        ``entries`` events, once CUDA is initialised (tried again each step until then)."""
+        self.history_entries = entries
+        if self.recorder is not None or not cuda.is_initialized():
+            return
+        try:
+            recorder = cuda.MemoryHistory(entries)
+            recorder.__enter__()
+            self.recorder = recorder
+        except BackendUnavailable as error:
+            self.history_entries = 0
+            self.guard.warn_once("history", f"no allocator history: {error.message}")
+
+    def stop_history(self) -> None:
+        """Keep the snapshot with the recorded history, and stop recording."""
+        recorder, self.recorder = self.recorder, None
+        if recorder is None:
+            return
+        try:
+            self.history_snapshot = recorder.snapshot()
+        finally:
+            recorder.__exit__(None, None, None)
+
+    def memory_viz_snapshot(self) -> Any:
+        """The allocator snapshot with its history: now while recording, else the last one."""
+        if self.recorder is not None:
+            return self.recorder.snapshot()
+        return self.history_snapshot
 
     def detach(self) -> None:
         """Stop listening."""
@@ -117,8 +152,10 @@ class FailureCapture:
                 self.guard.fail(Part.OOM_OBSERVER, error)
 
     def reset(self) -> None:
-        """Forget the observer of a previous block."""
+        """Forget the observer and the history of a previous block."""
         self.observer = None
+        self.history_entries = 0
+        self.history_snapshot = None
 
     def _on_cuda_oom(self, notice: cuda.OomNotice) -> None:
         """Allocator callback at a real CUDA OOM (runs inside the allocator: never raises)."""

@@ -92,6 +92,8 @@ class Engine:
                 self.fast.start()
             self._install(model)
             self.capture.attach()
+            if options.history:
+                self.capture.start_history(options.history)
         except BaseException:
             self._uninstall()
             state.active = False
@@ -127,6 +129,7 @@ class Engine:
         except Exception as error:
             self.guard.fail(Part.FINAL_SAMPLE, error)
         finally:
+            self.capture.stop_history()
             self._uninstall()
             state.active = False
             self.hunting = False

@@ -34,6 +34,7 @@ class Options:
     leaks: bool = True
     max_samples: int = 50_000
     max_steps: int = 20_000
+    history: int = 0
 
     @classmethod
     def validated(
@@ -50,10 +51,13 @@ class Options:
         leaks: bool = True,
         max_samples: int = 50_000,
         max_steps: int = 20_000,
+        history: bool | int = False,
     ) -> Options:
         """Options from the user's arguments, or a :class:`UsageError` saying what is wrong.
 
         ``gpu`` is a catalogue entry already looked up: (its name, its memory in bytes).
+        ``history``: record the CUDA allocator's history (``True``: its last 100,000 events, or
+        that many).
         """
         if mode not in _MODES:
             raise UsageError(f"unknown mode {mode!r}", hint="use 'auto', 'exact' or 'fast'")
@@ -67,7 +71,14 @@ class Options:
             )
         if rounding is not None and (not isinstance(rounding, int) or rounding < 1):
             raise UsageError(f"rounding must be a positive number of bytes, got {rounding!r}")
+        if history is True:
+            history = 100_000
+        if isinstance(history, bool) or not isinstance(history, int) or history < 0:
+            history = 0 if history is False else -1
+        if history < 0:
+            raise UsageError("history must be True, False or a number of allocator events")
         return cls(
+            history=history,
             mode=mode,
             device=device,
             name=name or default_name(),

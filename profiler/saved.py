@@ -192,6 +192,12 @@ class SavedRun:
         """See :func:`profiler.views.summary`."""
         return views.summary(self)
 
+    def plot(self, ax: Any = None) -> Any:
+        """See :func:`profiler.plot.plot`."""
+        from profiler.plot import plot  # matplotlib: only when a plot is asked for
+
+        return plot(self, ax)
+
     def __str__(self) -> str:
         return views.table(self)
 

@@ -419,6 +419,12 @@ class MemoryTracker:
         """Write :meth:`to_json` to ``path`` atomically; ``profiler.load(path)`` reads it back."""
         return saved.save(self, path, leaks=[leak.as_dict() for leak in self.leaks()])
 
+    def plot(self, ax: Any = None) -> Any:
+        """The timeline stacked by category, capacity and peak marked (matplotlib axes)."""
+        from profiler.plot import plot  # matplotlib: only when a plot is asked for
+
+        return plot(self, ax)
+
     def export_memory_viz(self, path: str | os.PathLike[str]) -> Path:
         """Write the CUDA allocator snapshot with its recorded history (``history=True``) as the
         pickle PyTorch's memory_viz page opens (https://pytorch.org/memory_viz)."""

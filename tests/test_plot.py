@@ -35,3 +35,15 @@ def test_the_plot_shows_each_category_the_capacity_and_the_peak(tmp_path: Path) 
     ax.figure.savefig(path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     plt.close(ax.figure)
+
+
+def test_the_readme_picture_recipe_writes_a_png(tmp_path: Path) -> None:
+    import importlib.util
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "plot_timeline.py"
+    spec = importlib.util.spec_from_file_location("plot_timeline", recipe)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    path = module.main(steps=2, out=str(tmp_path / "timeline.png"))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

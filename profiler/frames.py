@@ -46,7 +46,7 @@ _OWN = (_HERE + os.sep, os.path.join(os.path.dirname(_HERE), "tui") + os.sep)
 class _Prefixes:
     """Path prefixes that decide whose a file is, for one state of ``sys.modules``."""
 
-    modules: int
+    modules: tuple[int, ...]
     libraries: tuple[str, ...]
     site_packages: tuple[str, ...]
     stdlib: tuple[str, ...]
@@ -67,6 +67,12 @@ _STDLIB = tuple(
 )
 
 
+def _state() -> tuple[int, ...]:
+    """What the prefixes depend on: how many modules are loaded, and which library modules."""
+    modules = sys.modules
+    return (len(modules), *(id(modules.get(name)) for name in LIBRARY_MODULES))
+
+
 def _compute() -> _Prefixes:
     libraries = list(_OWN)
     for name in LIBRARY_MODULES:
@@ -74,7 +80,7 @@ def _compute() -> _Prefixes:
         path = getattr(module, "__file__", None) if module is not None else None
         if isinstance(path, str):
             libraries.append(os.path.dirname(path) + os.sep)
-    return _Prefixes(len(sys.modules), (*libraries, "<"), _SITE_PACKAGES, _STDLIB)
+    return _Prefixes(_state(), (*libraries, "<"), _SITE_PACKAGES, _STDLIB)
 
 
 _prefixes = _compute()
@@ -83,7 +89,7 @@ _prefixes = _compute()
 def _current() -> _Prefixes:
     global _prefixes
     prefixes = _prefixes
-    if prefixes.modules != len(sys.modules):
+    if prefixes.modules != _state():
         prefixes = _prefixes = _compute()
     return prefixes
 

@@ -108,12 +108,12 @@ def parse_session_name(directory_name: str) -> SessionName | None:
     stamp is malformed.
     """
     parts = directory_name.split("-")
-    if len(parts) not in (4, 5) or not parts[2].isdigit():
+    if len(parts) not in (4, 5) or not (parts[2].isascii() and parts[2].isdigit()):
         return None
     try:
         stamp, _, micro = parts[0].partition(".")
         start: float | None = calendar.timegm(time.strptime(stamp, _STAMP)) + int(micro) / 1e6
-    except ValueError:
+    except (ValueError, OverflowError):
         start = None
     return SessionName(start_time=start, host=parts[1], pid=int(parts[2]), name=parts[3])
 

@@ -40,6 +40,7 @@ from profiler.session.layout import (
     parse_session_name,
     sessions_dir,
 )
+from profiler.session.schema import SCHEMA_VERSION
 
 __all__ = [
     "HistoryPoint",
@@ -53,20 +54,26 @@ __all__ = [
 _CATEGORY_NAMES = tuple(str(c) for c in CATEGORIES)
 
 
+#: Beyond this magnitude a number in a session file is absurd: the field is unknown.
+_LIMIT = 2**62
+
+
 def _int_or_none(value: Any) -> int | None:
+    """An integer field: ``None`` for a non-number, a non-finite or an absurd value."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value == value:
+        return value if -_LIMIT <= value <= _LIMIT else None
+    if isinstance(value, float) and -_LIMIT <= value <= _LIMIT:  # False for NaN and inf
         return int(value)
     return None
 
 
 def _float_or_none(value: Any) -> float | None:
+    """A float field: ``None`` for a non-number, a non-finite or an absurd value."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float) and value == value:
+    if isinstance(value, int | float) and -_LIMIT <= value <= _LIMIT:
         return float(value)
     return None
 
@@ -82,7 +89,7 @@ def _bytes_tuple(value: Any) -> tuple[int, ...]:
     get = value.get
     values = tuple([get(name, 0) for name in _CATEGORY_NAMES])
     for item in values:
-        if type(item) is not int:  # rare: a float, a string, null; clean one by one
+        if type(item) is not int or not -_LIMIT <= item <= _LIMIT:  # rare: clean one by one
             return tuple(_int_or_none(v) or 0 for v in values)
     return values
 
@@ -271,6 +278,10 @@ class _SessionState:
             else:
                 self.meta = SessionMeta.from_dict(self.directory, data)
                 self.error = None
+        schema = self.meta.schema
+        if schema is not None and schema != SCHEMA_VERSION:
+            self.error = f"unsupported schema v{schema}"  # another gpumem's stream: not misread
+            return
         for record in self.samples.read():
             self._sample(record)
         for record in self.events_tail.read():
@@ -283,8 +294,8 @@ class _SessionState:
             pairs = data.get("activations") if data is not None else None
             if isinstance(pairs, list):
                 self.modules = tuple(
-                    (str(p[0]), int(p[1]))
-                    for p in pairs
+                    (str(p[0])[:500], _int_or_none(p[1]) or 0)
+                    for p in pairs[:100]
                     if isinstance(p, list) and len(p) == 2 and _int_or_none(p[1]) is not None
                 )
         if not self.summary_read:
@@ -309,6 +320,9 @@ class _SessionState:
             self.step = step
 
     def _sample(self, record: dict[str, Any]) -> None:
+        if record.get("v", SCHEMA_VERSION) != SCHEMA_VERSION:
+            self.samples.skipped += 1
+            return
         t = _float_or_none(record.get("t"))
         total = _int_or_none(record.get("total"))
         if t is None or total is None:
@@ -326,6 +340,9 @@ class _SessionState:
         self._touch(t, step)
 
     def _event(self, record: dict[str, Any]) -> None:
+        if record.get("v", SCHEMA_VERSION) != SCHEMA_VERSION:
+            self.events_tail.skipped += 1
+            return
         t = _float_or_none(record.get("t"))
         kind = _str_or_none(record.get("kind"))
         if t is None or kind is None:
@@ -428,6 +445,22 @@ def _process_alive(pid: int, start_time: float | None) -> bool:
     return start_time is None or created <= start_time + 2.0
 
 
+def _directories(root: Path) -> list[str]:
+    """The names of the real directories (not links to one) in ``root``; ``[]`` if unreadable."""
+    names = []
+    try:
+        with os.scandir(root) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        names.append(entry.name)
+                except OSError:
+                    continue
+    except (OSError, ValueError):
+        return []
+    return names
+
+
 def _newest_mtime(directory: Path) -> float | None:
     newest = None
     for name in (SAMPLES, EVENTS, META):
@@ -480,10 +513,7 @@ class SessionReader:
         """Read what changed and return every listed session: live ones first (by start time),
         then ended ones (most recently ended first)."""
         now = self.clock()
-        try:
-            names = [entry.name for entry in os.scandir(self.root) if entry.is_dir()]
-        except OSError:
-            names = []
+        names = _directories(self.root)
         present = set(names)
         for name in list(self._states):
             if name not in present:
@@ -494,16 +524,12 @@ class SessionReader:
         for name in sorted(names):
             if name in self._ignored or name.startswith("."):
                 continue
-            state = self._states.get(name)
-            directory = self.root / name
-            if state is None:
-                if self._long_ended(directory, now):
-                    self._ignored.add(name)
-                    continue
-                state = _SessionState(directory, self.history, self.events)
-                self._states[name] = state
-            state.update()
-            view = self._judge(state, now)
+            try:
+                skip, view = self._poll_one(name, now)
+            except Exception as exc:  # noqa: BLE001 - one session's problem hides no other
+                skip, view = False, self._broken(name, exc)
+            if skip:
+                continue
             if view is None:
                 self._states.pop(name).close()
                 self._ignored.add(name)
@@ -513,6 +539,27 @@ class SessionReader:
                 ended.append(view)
         ended.sort(key=lambda v: -(v.end_time or 0.0))
         return live + ended
+
+    def _poll_one(self, name: str, now: float) -> tuple[bool, SessionView | None]:
+        """(skip, view) for one session directory; skip: it ended long before we first saw it."""
+        state = self._states.get(name)
+        directory = self.root / name
+        if state is None:
+            if self._long_ended(directory, now):
+                self._ignored.add(name)
+                return True, None
+            state = _SessionState(directory, self.history, self.events)
+            self._states[name] = state
+        state.update()
+        return False, self._judge(state, now)
+
+    def _broken(self, name: str, exc: Exception) -> SessionView:
+        """A session whose files could not be read, shown in place with the reason."""
+        state = self._states.get(name) or _SessionState(self.root / name, 1, 1)
+        self._states[name] = state
+        reason = f"unreadable: {type(exc).__name__}: {exc}"[:200]
+        state.error = reason
+        return state.view(False, None, "unreadable", None)
 
     def close(self) -> None:
         """Close every open file."""

@@ -19,10 +19,14 @@ import calendar
 import os
 import shutil
 import socket
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from profiler.errors import StreamError, UsageError
+from profiler.text import printable
 
 __all__ = [
     "EVENTS",
@@ -33,7 +37,9 @@ __all__ = [
     "SessionName",
     "format_session_name",
     "gpumem_home",
+    "check_private_dir",
     "host_matches",
+    "make_private_dirs",
     "make_session_dir",
     "parse_session_name",
     "prune_sessions",
@@ -65,9 +71,16 @@ def gpumem_home(home: str | os.PathLike[str] | None = None, *, create: bool = Tr
         path = Path(os.environ["XDG_CACHE_HOME"]) / "gpumem"
     else:
         path = Path.home() / ".cache" / "gpumem"
-    path = path.expanduser()
+    try:
+        path = path.expanduser()
+    except RuntimeError:  # ~nosuchuser
+        raise UsageError(
+            f"cannot find the home directory in {printable(path, limit=200)!r}",
+            hint="give GPUMEM_HOME (or --home) as an absolute path",
+        ) from None
     if create:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dirs(path)
+    check_private_dir(path)
     return path
 
 
@@ -75,8 +88,55 @@ def sessions_dir(home: str | os.PathLike[str] | None = None, *, create: bool = T
     """The folder holding one directory per session (``<home>/sessions``)."""
     path = gpumem_home(home, create=create) / "sessions"
     if create:
-        path.mkdir(mode=0o700, exist_ok=True)
+        make_private_dirs(path)
+    check_private_dir(path)
     return path
+
+
+def make_private_dirs(path: Path) -> None:
+    """Create ``path`` and each missing parent with mode 0700 (whatever the umask says)."""
+    missing: list[Path] = []
+    probe = path
+    while not os.path.lexists(probe) and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(directory, 0o700)  # mkdir's mode passes through the umask
+
+
+def check_private_dir(path: Path) -> None:
+    """Refuse a gpumem home (or sessions folder) that another local user could tamper with.
+
+    Like ssh with ``~/.ssh``: an existing directory owned by another user, or writable by its
+    group or by everyone, is refused (a missing one is fine: nothing is read from it).
+
+    Raises:
+        StreamError: ``path`` is not a directory, is not ours, or is group/world-writable.
+    """
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as exc:
+        raise StreamError(f"cannot use gpumem home {printable(path, limit=200)}: {exc}") from None
+    shown = printable(path, limit=200)
+    if not stat.S_ISDIR(found.st_mode):
+        raise StreamError(f"gpumem home {shown} is not a directory")
+    uid = os.geteuid()
+    if found.st_uid != uid:
+        raise StreamError(
+            f"gpumem home {shown} belongs to another user (uid {found.st_uid}); refused",
+            hint="set GPUMEM_HOME to a directory of your own",
+        )
+    if found.st_mode & 0o022:
+        raise StreamError(
+            f"gpumem home {shown} is writable by others (mode {found.st_mode & 0o777:o}); refused",
+            hint=f"chmod go-w {shown}, or set GPUMEM_HOME to a private directory",
+        )
 
 
 def safe_name(name: str) -> str:

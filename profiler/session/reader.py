@@ -41,6 +41,7 @@ from profiler.session.layout import (
     sessions_dir,
 )
 from profiler.session.schema import SCHEMA_VERSION
+from profiler.text import printable
 
 __all__ = [
     "HistoryPoint",
@@ -78,8 +79,22 @@ def _float_or_none(value: Any) -> float | None:
     return None
 
 
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+def _str_or_none(value: Any, limit: int = 256) -> str | None:
+    """A text field, made safe for a terminal (:func:`~profiler.text.printable`) and cut."""
+    return printable(value, limit=limit) if isinstance(value, str) else None
+
+
+def _clean(value: Any, depth: int = 0) -> Any:
+    """Parsed JSON (an event's data, a summary) with every string made :func:`printable`."""
+    if isinstance(value, str):
+        return printable(value, limit=1000)
+    if depth > 16:
+        return None
+    if isinstance(value, dict):
+        return {printable(k, limit=200): _clean(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v, depth + 1) for v in value]
+    return value
 
 
 def _bytes_tuple(value: Any) -> tuple[int, ...]:
@@ -144,7 +159,7 @@ class SessionMeta:
             device_index=_int_or_none(data.get("device_index")),
             model_class=_str_or_none(data.get("model_class")),
             param_count=_int_or_none(data.get("param_count")),
-            command=_str_or_none(data.get("command")),
+            command=_str_or_none(data.get("command"), 2000),
             mode=_str_or_none(data.get("mode")),
             capacity=_int_or_none(data.get("capacity")),
             predicted=pairs,
@@ -159,7 +174,7 @@ class SessionMeta:
             return cls(
                 id=directory.name,
                 directory=str(directory),
-                name=directory.name,
+                name=printable(directory.name, limit=256),
                 pid=None,
                 host=None,
                 start_time=None,
@@ -167,9 +182,9 @@ class SessionMeta:
         return cls(
             id=directory.name,
             directory=str(directory),
-            name=parsed.name,
-            pid=parsed.pid,
-            host=parsed.host,
+            name=printable(parsed.name, limit=256),
+            pid=parsed.pid if parsed.pid <= _LIMIT else None,
+            host=printable(parsed.host, limit=256),
             start_time=parsed.start_time,
         )
 
@@ -294,7 +309,7 @@ class _SessionState:
             pairs = data.get("activations") if data is not None else None
             if isinstance(pairs, list):
                 self.modules = tuple(
-                    (str(p[0])[:500], _int_or_none(p[1]) or 0)
+                    (printable(p[0], limit=500), _int_or_none(p[1]) or 0)
                     for p in pairs[:100]
                     if isinstance(p, list) and len(p) == 2 and _int_or_none(p[1]) is not None
                 )
@@ -306,7 +321,7 @@ class _SessionState:
                 if data is None:
                     self.bad_files += 1
                     data = {"status": "unreadable", "end_time": files.mtime(summary_path)}
-                self.summary = data
+                self.summary = _clean(data)
                 peak = _int_or_none(data.get("session_peak"))
                 if peak is not None and (self.peak is None or peak > self.peak):
                     self.peak = peak
@@ -377,8 +392,8 @@ class _SessionState:
             if self.peak is None or best > self.peak:
                 self.peak = best
         else:
-            message = record.get("message")
-            self.events.append(SessionEvent(t, step, kind, str(message or ""), data))
+            message = printable(record.get("message") or "", limit=1000)
+            self.events.append(SessionEvent(t, step, kind, message, _clean(data)))
         self._touch(t, step)
 
     def view(
@@ -394,7 +409,7 @@ class _SessionState:
             current = _int_or_none(latest.get("total"))
             bytes_ = _bytes_tuple(latest.get("bytes"))
             phase = _str_or_none(latest.get("phase"))
-            module = _str_or_none(latest.get("module"))
+            module = _str_or_none(latest.get("module"), 500)
             alloc = latest.get("allocator")
             allocator = alloc if isinstance(alloc, dict) else None
             nv = latest.get("nvml")
@@ -436,6 +451,8 @@ def _process_alive(pid: int, start_time: float | None) -> bool:
     """Whether ``pid`` runs and is the process that started at ``start_time`` (not a reuse)."""
     import psutil
 
+    if pid <= 0:
+        return False
     try:
         created = psutil.Process(pid).create_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
@@ -557,7 +574,7 @@ class SessionReader:
         """A session whose files could not be read, shown in place with the reason."""
         state = self._states.get(name) or _SessionState(self.root / name, 1, 1)
         self._states[name] = state
-        reason = f"unreadable: {type(exc).__name__}: {exc}"[:200]
+        reason = printable(f"unreadable: {type(exc).__name__}: {exc}", limit=200)
         state.error = reason
         return state.view(False, None, "unreadable", None)
 

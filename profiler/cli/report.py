@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.output:
         _write(Path(args.output), text.encode("utf-8"), "the report")
-    else:
-        sys.stdout.write(text)
+    else:  # to a terminal or a pipe: a name or message in the report cannot inject escapes
+        sys.stdout.write(printable(text, newlines=True))
         sys.stdout.flush()
     return 0

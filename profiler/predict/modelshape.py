@@ -101,7 +101,7 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str,
         if path.is_dir():
             path = path / "config.json"
     try:  # a regular file only, bounded, numbers read defensively (NaN, 1e999: unknown)
-        data = files.load_json(path, what="config")
+        data = files.load_json(path, what="config", follow_symlinks=True)
     except StreamError as exc:
         raise ConfigError(exc.message) from None
     if not isinstance(data, dict):

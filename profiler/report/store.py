@@ -93,11 +93,11 @@ def load_report(path: str | os.PathLike[str]) -> OomReport:
     """
     path = Path(path)
     try:
-        raw = files.read_bytes(path, limit=MAX_REPORT_BYTES)
+        raw = files.read_bytes(path, limit=MAX_REPORT_BYTES, follow_symlinks=True)
     except FileNotFoundError:
         raise StreamError(f"no report at {path}") from None
     except files.NotRegularFile as exc:
-        raise StreamError(f"{path} is not a report: {exc.strerror or exc}") from None
+        raise StreamError(f"{path} is {exc.strerror}, not a report") from None
     except OSError as exc:
         raise StreamError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from profiler.errors import StreamError
+from profiler.text import printable
 
 __all__ = [
     "MAX_DEPTH",
@@ -70,21 +71,30 @@ def _kind(mode: int) -> str:
         return "a device"
     if stat_module.S_ISSOCK(mode):
         return "a socket"
-    return "not a regular file"
+    return "a special file"
 
 
-def open_regular(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> int:
+def open_regular(
+    path: str | os.PathLike[str], *, dir_fd: int | None = None, follow_symlinks: bool = False
+) -> int:
     """A read-only descriptor of the regular file ``path`` (the caller closes it).
+
+    Args:
+        path: the file.
+        dir_fd: a directory descriptor ``path`` is relative to.
+        follow_symlinks: accept a symbolic link to a regular file (for a path the user named,
+            such as a Hugging Face cache's ``config.json``); session files never are.
 
     Raises:
         NotRegularFile: ``path`` is a symbolic link, device, FIFO, socket or directory.
         OSError: it cannot be opened (missing, no permission, ...).
     """
+    flags = _OPEN_FLAGS & ~getattr(os, "O_NOFOLLOW", 0) if follow_symlinks else _OPEN_FLAGS
     try:
-        fd = os.open(path, _OPEN_FLAGS, dir_fd=dir_fd)
+        fd = os.open(path, flags, dir_fd=dir_fd)
     except OSError as exc:
-        if exc.errno == errno.ELOOP or _is_link(path, dir_fd):
-            raise NotRegularFile(exc.errno, f"{path} is a symbolic link or loop") from None
+        if not follow_symlinks and (exc.errno == errno.ELOOP or _is_link(path, dir_fd)):
+            raise NotRegularFile(exc.errno, "a symbolic link (not followed)") from None
         raise
     try:
         mode = os.fstat(fd).st_mode
@@ -93,7 +103,7 @@ def open_regular(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> 
         raise
     if not stat_module.S_ISREG(mode):
         os.close(fd)
-        raise NotRegularFile(f"{path} is {_kind(mode)}, not a regular file")
+        raise NotRegularFile(errno.EINVAL, f"{_kind(mode)}, not a regular file")
     return fd
 
 
@@ -104,14 +114,16 @@ def _is_link(path: str | os.PathLike[str], dir_fd: int | None) -> bool:
         return False
 
 
-def read_bytes(path: str | os.PathLike[str], *, limit: int = MAX_JSON_BYTES) -> bytes:
+def read_bytes(
+    path: str | os.PathLike[str], *, limit: int = MAX_JSON_BYTES, follow_symlinks: bool = False
+) -> bytes:
     """The bytes of the regular file ``path``, at most ``limit`` of them.
 
     Raises:
         NotRegularFile: as :func:`open_regular`.
         OSError: unreadable, or larger than ``limit`` (``EFBIG``).
     """
-    fd = open_regular(path)
+    fd = open_regular(path, follow_symlinks=follow_symlinks)
     try:
         chunks: list[bytes] = []
         size = 0
@@ -182,7 +194,11 @@ def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
 
 
 def load_json(
-    path: str | os.PathLike[str], *, what: str = "file", limit: int = MAX_JSON_BYTES
+    path: str | os.PathLike[str],
+    *,
+    what: str = "file",
+    limit: int = MAX_JSON_BYTES,
+    follow_symlinks: bool = False,
 ) -> Any:
     """The parsed JSON of the regular file ``path`` (:func:`read_bytes`, :func:`loads`).
 
@@ -190,24 +206,25 @@ def load_json(
         StreamError: a one-line reason: missing, not a regular file, unreadable, too large, not
             UTF-8, not JSON, too deeply nested.
     """
+    shown = printable(path, limit=200)
     try:
-        raw = read_bytes(path, limit=limit)
+        raw = read_bytes(path, limit=limit, follow_symlinks=follow_symlinks)
     except FileNotFoundError:
-        raise StreamError(f"no {what} at {path}") from None
+        raise StreamError(f"no {what} at {shown}") from None
     except NotRegularFile as exc:
-        raise StreamError(f"{what} {path}: {exc.strerror or exc}; not read") from None
+        raise StreamError(f"{what} {shown} is {exc.strerror}; not read") from None
     except OSError as exc:
-        raise StreamError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+        raise StreamError(f"cannot read {what} {shown}: {exc.strerror or exc}") from None
     try:
         return loads(raw)
     except UnicodeDecodeError:
-        raise StreamError(f"{what} {path} is not UTF-8 text") from None
+        raise StreamError(f"{what} {shown} is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise StreamError(
-            f"{what} {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            f"{what} {shown} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
     except ValueError as exc:
-        raise StreamError(f"{what} {path} is not valid JSON: {exc}") from None
+        raise StreamError(f"{what} {shown} is not valid JSON: {exc}") from None
 
 
 class JsonlTail:

@@ -11,9 +11,13 @@ passed over, unknown fields are ignored, and a session whose ``meta.json`` is un
 shown with what its directory name says (parsed by :mod:`profiler.session.layout`). Files are
 opened in :mod:`profiler.session.files` only.
 
-A session is *live* while it has no ``summary.json`` and its pid exists (same host; for another
-host, while its files changed in the last ``stale_after`` seconds). Ended sessions stay listed for
-``ended_for`` seconds. Plain files only: no torch, no pandas.
+A session is *live* while it has no ``summary.json`` and its pid exists, where its pid can be
+checked (same host, kernel boot and pid namespace:
+:func:`~profiler.session.layout.same_machine`); elsewhere (another container sharing the home,
+another host), while its files changed in the last ``stale_after`` seconds (the writer's
+heartbeat touches them every second). Ended sessions stay listed for ``ended_for`` seconds.
+Every string read is made :func:`~profiler.text.printable`; a meta of another schema version
+is shown as ``unsupported schema vN``, its lines not read. Plain files only: no torch, no pandas.
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ from profiler.session.layout import (
     SUMMARY,
     host_matches,
     parse_session_name,
+    same_machine,
     sessions_dir,
+    this_machine,
 )
 from profiler.session.schema import SCHEMA_VERSION
 from profiler.text import printable
@@ -133,6 +139,8 @@ class SessionMeta:
     capacity: int | None = None
     predicted: tuple[tuple[str, int | None], ...] = ()
     schema: int | None = None
+    boot_id: str | None = None  # the kernel boot and pid namespace it ran in (liveness)
+    pid_ns: str | None = None
 
     @classmethod
     def from_dict(cls, directory: Path, data: Mapping[str, Any]) -> SessionMeta:
@@ -164,6 +172,8 @@ class SessionMeta:
             capacity=_int_or_none(data.get("capacity")),
             predicted=pairs,
             schema=_int_or_none(data.get("v")),
+            boot_id=_str_or_none(data.get("boot_id"), 64),
+            pid_ns=_str_or_none(data.get("pid_ns"), 64),
         )
 
     @classmethod
@@ -524,6 +534,7 @@ class SessionReader:
         self.pid_exists = pid_exists
         self.host = host if host is not None else socket.gethostname()
         self._states: dict[str, _SessionState] = {}
+        self._here = this_machine()
         self._ignored: set[str] = set()
 
     def poll(self) -> list[SessionView]:
@@ -623,7 +634,8 @@ class SessionReader:
                 summary.get("summary") if isinstance(summary.get("summary"), Mapping) else summary,
             )
         meta = state.meta
-        if self._same_host(meta.host):
+        identity = {"host": meta.host, "boot_id": meta.boot_id, "pid_ns": meta.pid_ns}
+        if same_machine(identity, self.host, self._here):  # its pid can be checked here
             alive = meta.pid is not None and self._alive(meta.pid, meta.start_time)
         else:
             newest = _newest_mtime(state.directory)

@@ -163,6 +163,13 @@ def _new_session_dir(
     return directory
 
 
+def _status(exc: BaseException | None) -> str:
+    """How a session ended: ``ok``, ``interrupted`` (Ctrl-C, SIGTERM's SystemExit) or ``error``."""
+    if exc is None:
+        return "ok"
+    return "interrupted" if isinstance(exc, KeyboardInterrupt | SystemExit) else "error"
+
+
 def _end_payload(
     run: RunView | None, exc: BaseException | None, end_time: float, session_peak: int
 ) -> dict[str, Any]:
@@ -176,7 +183,7 @@ def _end_payload(
     return {
         "v": SCHEMA_VERSION,
         "end_time": end_time,
-        "status": "ok" if exc is None else "error",
+        "status": _status(exc),
         "error": None if exc is None else f"{type(exc).__name__}: {exc}",
         "session_peak": session_peak,
         "summary": summary,
@@ -384,15 +391,27 @@ class SessionWriter(Observer):
         if self._closed:
             return
         run = run if run is not None else self._run
-        with self._lock:
-            if self._pending is not None:
-                self._write_window(self._pending)
-        if run is not None:
-            self._write_modules(run)
-        payload = _end_payload(run, exc, self.clock(), self._session_peak)
-        self._stop_streams()
-        self._write_file(SUMMARY, payload)
-        self._release_directory()
+        payload: dict[str, Any] = {
+            "v": SCHEMA_VERSION,
+            "end_time": self.clock(),
+            "status": "interrupted",  # what stays if an interrupt lands in here
+            "error": None,
+            "session_peak": self._session_peak,
+            "summary": None,
+        }
+        try:
+            with self._lock:
+                if self._pending is not None:
+                    self._write_window(self._pending)
+            if run is not None:
+                self._write_modules(run)
+            payload = _end_payload(run, exc, self.clock(), self._session_peak)
+        finally:  # the thread stops and the summary is written, interrupted or not
+            try:
+                self._stop_streams()
+            finally:
+                self._write_file(SUMMARY, payload)
+                self._release_directory()
 
     def close(self) -> None:
         """Stop the flusher thread and close the files (no summary; see :meth:`on_close`)."""

@@ -387,3 +387,26 @@ def test_make_private_dirs_keeps_existing_modes(tmp_path: Path) -> None:
     make_private_dirs(existing / "new")
     assert stat.S_IMODE(existing.stat().st_mode) == 0o755
     assert stat.S_IMODE((existing / "new").stat().st_mode) == 0o700
+
+
+@pytest.mark.slow
+def test_top_once_json_with_10000_old_sessions_is_quick(tmp_path: Path, capsys) -> None:
+    """The issue's case: 10,000 sessions that ended an hour ago (half without a summary, their
+    pids on another host). Measured as CPU time of the poll: the wall clock of a shared CI
+    core says more about its neighbours than about us."""
+    root = sessions_dir(tmp_path)
+    past = time.time() - 3600
+    for i in range(10_000):
+        d = root / f"20260101T000000.{i:06d}-elsewhere-{i + 1}-s{i}"
+        d.mkdir()
+        (d / "meta.json").write_text(json.dumps({"v": 1, "name": f"s{i}", "host": "elsewhere"}))
+        (d / "samples.jsonl").write_text('{"v":1,"t":1,"step":1,"total":5}\n')
+        if i % 2:
+            (d / "summary.json").write_text(json.dumps({"v": 1, "end_time": past}))
+        for f in d.iterdir():
+            os.utime(f, (past, past))
+    started = time.process_time()
+    assert main(["top", "--once", "--json", "--demo", "--home", str(tmp_path)]) == 0
+    spent = time.process_time() - started
+    assert json.loads(capsys.readouterr().out)["sessions"] == []
+    assert spent < 2.0, spent

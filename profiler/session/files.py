@@ -40,6 +40,7 @@ __all__ = [
     "mtime",
     "open_regular",
     "read_bytes",
+    "read_head",
     "read_json",
 ]
 
@@ -351,7 +352,21 @@ def read_json(path: Path, *, limit: int = MAX_JSON_BYTES) -> dict[str, Any] | No
     return value if isinstance(value, dict) else None
 
 
-def mtime(path: Path) -> float | None:
+def read_head(path: str | os.PathLike[str], size: int) -> bytes:
+    """The first ``size`` bytes of the regular file ``path``; ``b""`` if it cannot be read."""
+    try:
+        fd = open_regular(path)
+    except OSError:
+        return b""
+    try:
+        return os.read(fd, size)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def mtime(path: str | os.PathLike[str]) -> float | None:
     """``path``'s modification time (the link's own for a symbolic link); ``None`` if unknown."""
     try:
         return os.lstat(path).st_mtime

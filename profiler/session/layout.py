@@ -178,12 +178,28 @@ def parse_session_name(directory_name: str) -> SessionName | None:
     parts = directory_name.split("-")
     if len(parts) not in (4, 5) or not (parts[2].isascii() and parts[2].isdigit()):
         return None
-    try:
-        stamp, _, micro = parts[0].partition(".")
-        start: float | None = calendar.timegm(time.strptime(stamp, _STAMP)) + int(micro) / 1e6
-    except (ValueError, OverflowError):
-        start = None
+    start = _parse_stamp(parts[0])
     return SessionName(start_time=start, host=parts[1], pid=int(parts[2]), name=parts[3])
+
+
+def _parse_stamp(text: str) -> float | None:
+    """``YYYYmmddTHHMMSS.ffffff`` (UTC) as epoch seconds; ``None`` if malformed.
+
+    By hand, not ``time.strptime`` (about 30x slower: ``gpumem top`` parses every name).
+    """
+    if len(text) != 22 or text[8] != "T" or text[15] != "." or not text.isascii():
+        return None
+    digits = text[:8] + text[9:15] + text[16:]
+    if not digits.isdigit():
+        return None
+    year, month, day = int(text[:4]), int(text[4:6]), int(text[6:8])
+    hour, minute, second = int(text[9:11]), int(text[11:13]), int(text[13:15])
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 62):
+        return None
+    try:
+        return calendar.timegm((year, month, day, hour, minute, second)) + int(text[16:]) / 1e6
+    except (ValueError, OverflowError):
+        return None
 
 
 def make_session_dir(root: Path, start_time: float, host: str, pid: int, name: str) -> Path:

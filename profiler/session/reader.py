@@ -23,6 +23,7 @@ is shown as ``unsupported schema vN``, its lines not read. Plain files only: no 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections import deque
@@ -116,6 +117,7 @@ def _bytes_tuple(value: Any) -> tuple[int, ...]:
 
 
 _ZEROS = (0,) * len(_CATEGORY_NAMES)
+_END_TIME = re.compile(rb'"end_time":\s*(-?[0-9]{1,20}(?:\.[0-9]{1,20})?(?:[eE][+-]?[0-9]{1,3})?)')
 
 
 @dataclass(frozen=True, slots=True)
@@ -488,10 +490,11 @@ def _directories(root: Path) -> list[str]:
     return names
 
 
-def _newest_mtime(directory: Path) -> float | None:
+def _newest_mtime(directory: Path | str) -> float | None:
     newest = None
+    base = os.fspath(directory)
     for name in (SAMPLES, EVENTS, META):
-        mtime = files.mtime(directory / name)
+        mtime = files.mtime(os.path.join(base, name))
         if mtime is not None and (newest is None or mtime > newest):
             newest = mtime
     return newest
@@ -600,15 +603,17 @@ class SessionReader:
 
     def _long_ended(self, directory: Path, now: float) -> bool:
         """Whether a session found for the first time ended more than ``ended_for`` ago."""
-        summary_path = directory / SUMMARY
+        base = os.fspath(directory)
+        summary_path = os.path.join(base, SUMMARY)
         summary_mtime = files.mtime(summary_path)
-        if summary_mtime is not None:
-            end = _float_or_none((files.read_json(summary_path) or {}).get("end_time"))
+        if summary_mtime is not None:  # the writer puts end_time first: read the head only
+            found = _END_TIME.search(files.read_head(summary_path, 256))
+            end = _float_or_none(float(found.group(1))) if found else None
             return now - (summary_mtime if end is None else end) > self.ended_for
-        meta = SessionMeta.from_directory(directory)
-        newest = _newest_mtime(directory)
+        newest = _newest_mtime(base)
         if newest is None or now - newest <= self.ended_for:
             return False
+        meta = SessionMeta.from_directory(directory)
         if self._same_host(meta.host) and meta.pid is not None:
             return not self._alive(meta.pid, meta.start_time)
         return True

@@ -28,12 +28,22 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from profiler.records import CATEGORIES
 from profiler.session import files
+from profiler.session.fields import (
+    HistoryPoint,
+    SessionEvent,
+    SessionMeta,
+    SessionView,
+    StepPoint,
+    bytes_tuple,
+    clean,
+    float_or_none,
+    int_or_none,
+    str_or_none,
+)
 from profiler.session.files import JsonlTail
 from profiler.session.layout import (
     EVENTS,
@@ -42,7 +52,6 @@ from profiler.session.layout import (
     SAMPLES,
     SUMMARY,
     host_matches,
-    parse_session_name,
     same_machine,
     sessions_dir,
     this_machine,
@@ -59,213 +68,7 @@ __all__ = [
     "StepPoint",
 ]
 
-_CATEGORY_NAMES = tuple(str(c) for c in CATEGORIES)
-
-
-#: Beyond this magnitude a number in a session file is absurd: the field is unknown.
-_LIMIT = 2**62
-
-
-def _int_or_none(value: Any) -> int | None:
-    """An integer field: ``None`` for a non-number, a non-finite or an absurd value."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if -_LIMIT <= value <= _LIMIT else None
-    if isinstance(value, float) and -_LIMIT <= value <= _LIMIT:  # False for NaN and inf
-        return int(value)
-    return None
-
-
-def _float_or_none(value: Any) -> float | None:
-    """A float field: ``None`` for a non-number, a non-finite or an absurd value."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float) and -_LIMIT <= value <= _LIMIT:
-        return float(value)
-    return None
-
-
-def _str_or_none(value: Any, limit: int = 256) -> str | None:
-    """A text field, made safe for a terminal (:func:`~profiler.text.printable`) and cut."""
-    return printable(value, limit=limit) if isinstance(value, str) else None
-
-
-def _clean(value: Any, depth: int = 0) -> Any:
-    """Parsed JSON (an event's data, a summary) with every string made :func:`printable`."""
-    if isinstance(value, str):
-        return printable(value, limit=1000)
-    if depth > 16:
-        return None
-    if isinstance(value, dict):
-        return {printable(k, limit=200): _clean(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v, depth + 1) for v in value]
-    return value
-
-
-def _bytes_tuple(value: Any) -> tuple[int, ...]:
-    """Per-category bytes from ``{"weights": n, ...}`` in :data:`CATEGORIES` order (missing: 0)."""
-    if not isinstance(value, Mapping):
-        return _ZEROS
-    get = value.get
-    values = tuple([get(name, 0) for name in _CATEGORY_NAMES])
-    for item in values:
-        if type(item) is not int or not -_LIMIT <= item <= _LIMIT:  # rare: clean one by one
-            return tuple(_int_or_none(v) or 0 for v in values)
-    return values
-
-
-_ZEROS = (0,) * len(_CATEGORY_NAMES)
 _END_TIME = re.compile(rb'"end_time":\s*(-?[0-9]{1,20}(?:\.[0-9]{1,20})?(?:[eE][+-]?[0-9]{1,3})?)')
-
-
-@dataclass(frozen=True, slots=True)
-class SessionMeta:
-    """What ``meta.json`` (or, failing that, the directory name) says about a session."""
-
-    id: str
-    directory: str
-    name: str
-    pid: int | None
-    host: str | None
-    start_time: float | None
-    rank: int | None = None
-    world_size: int | None = None
-    device: str | None = None
-    device_index: int | None = None
-    model_class: str | None = None
-    param_count: int | None = None
-    command: str | None = None
-    mode: str | None = None
-    capacity: int | None = None
-    predicted: tuple[tuple[str, int | None], ...] = ()
-    schema: int | None = None
-    boot_id: str | None = None  # the kernel boot and pid namespace it ran in (liveness)
-    pid_ns: str | None = None
-
-    @classmethod
-    def from_dict(cls, directory: Path, data: Mapping[str, Any]) -> SessionMeta:
-        """Read the known fields of ``data``; anything missing or mistyped becomes ``None``."""
-        fallback = cls.from_directory(directory)
-        predicted = data.get("predicted")
-        pairs: tuple[tuple[str, int | None], ...] = ()
-        if isinstance(predicted, Mapping):
-            pairs = tuple(
-                (name, _int_or_none(predicted.get(name)))
-                for name in _CATEGORY_NAMES
-                if name in predicted
-            )
-        return cls(
-            id=directory.name,
-            directory=str(directory),
-            name=_str_or_none(data.get("name")) or fallback.name,
-            pid=_int_or_none(data.get("pid")) or fallback.pid,
-            host=_str_or_none(data.get("host")) or fallback.host,
-            start_time=_float_or_none(data.get("start_time")) or fallback.start_time,
-            rank=_int_or_none(data.get("rank")),
-            world_size=_int_or_none(data.get("world_size")),
-            device=_str_or_none(data.get("device")),
-            device_index=_int_or_none(data.get("device_index")),
-            model_class=_str_or_none(data.get("model_class")),
-            param_count=_int_or_none(data.get("param_count")),
-            command=_str_or_none(data.get("command"), 2000),
-            mode=_str_or_none(data.get("mode")),
-            capacity=_int_or_none(data.get("capacity")),
-            predicted=pairs,
-            schema=_int_or_none(data.get("v")),
-            boot_id=_str_or_none(data.get("boot_id"), 64),
-            pid_ns=_str_or_none(data.get("pid_ns"), 64),
-        )
-
-    @classmethod
-    def from_directory(cls, directory: Path) -> SessionMeta:
-        """What the directory name says (:func:`~profiler.session.layout.parse_session_name`)."""
-        parsed = parse_session_name(directory.name)
-        if parsed is None:
-            return cls(
-                id=directory.name,
-                directory=str(directory),
-                name=printable(directory.name, limit=256),
-                pid=None,
-                host=None,
-                start_time=None,
-            )
-        return cls(
-            id=directory.name,
-            directory=str(directory),
-            name=printable(parsed.name, limit=256),
-            pid=parsed.pid if parsed.pid <= _LIMIT else None,
-            host=printable(parsed.host, limit=256),
-            start_time=parsed.start_time,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryPoint:
-    """One written sample: the total and the bytes per category at a moment."""
-
-    time: float
-    step: int
-    total: int
-    bytes: tuple[int, ...]
-    peak: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class StepPoint:
-    """One step end as the stream recorded it."""
-
-    step: int
-    time: float
-    duration: float | None
-    total: int
-    peak: int
-    bytes: tuple[int, ...]
-    session_peak: int | None = None
-    peak_bytes: tuple[int, ...] | None = None  # per category at the step's peak
-
-
-@dataclass(frozen=True, slots=True)
-class SessionEvent:
-    """An event other than a step end: a leak, an OOM, a suggestion, a warning."""
-
-    time: float
-    step: int
-    kind: str
-    message: str
-    data: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class SessionView:
-    """A session at the moment of a poll: who, where it stands, its recent history."""
-
-    meta: SessionMeta
-    live: bool
-    end_time: float | None
-    status: str | None  # None while live; "ok", "error" or "killed" once ended
-    last_update: float | None
-    step: int | None
-    phase: str | None
-    module: str | None
-    current: int | None
-    bytes: tuple[int, ...] | None
-    peak: int | None
-    allocator: Mapping[str, Any] | None
-    nvml: Mapping[str, Any] | None
-    history: tuple[HistoryPoint, ...]
-    steps: tuple[StepPoint, ...]
-    events: tuple[SessionEvent, ...]
-    modules: tuple[tuple[str, int], ...]
-    summary: Mapping[str, Any] | None
-    error: str | None
-    skipped: int
-
-    @property
-    def id(self) -> str:
-        """The session directory's name: unique and sorted by start time."""
-        return self.meta.id
 
 
 class _SessionState:
@@ -321,9 +124,9 @@ class _SessionState:
             pairs = data.get("activations") if data is not None else None
             if isinstance(pairs, list):
                 self.modules = tuple(
-                    (printable(p[0], limit=500), _int_or_none(p[1]) or 0)
+                    (printable(p[0], limit=500), int_or_none(p[1]) or 0)
                     for p in pairs[:100]
-                    if isinstance(p, list) and len(p) == 2 and _int_or_none(p[1]) is not None
+                    if isinstance(p, list) and len(p) == 2 and int_or_none(p[1]) is not None
                 )
         if not self.summary_read:
             summary_path = self.directory / SUMMARY
@@ -333,8 +136,8 @@ class _SessionState:
                 if data is None:
                     self.bad_files += 1
                     data = {"status": "unreadable", "end_time": files.mtime(summary_path)}
-                self.summary = _clean(data)
-                peak = _int_or_none(data.get("session_peak"))
+                self.summary = clean(data)
+                peak = int_or_none(data.get("session_peak"))
                 if peak is not None and (self.peak is None or peak > self.peak):
                     self.peak = peak
                 self.samples.close()
@@ -350,14 +153,14 @@ class _SessionState:
         if record.get("v", SCHEMA_VERSION) != SCHEMA_VERSION:
             self.samples.skipped += 1
             return
-        t = _float_or_none(record.get("t"))
-        total = _int_or_none(record.get("total"))
+        t = float_or_none(record.get("t"))
+        total = int_or_none(record.get("total"))
         if t is None or total is None:
             self.samples.skipped += 1
             return
-        step = _int_or_none(record.get("step")) or 0
+        step = int_or_none(record.get("step")) or 0
         point = HistoryPoint(
-            t, step, total, _bytes_tuple(record.get("bytes")), record.get("peak") is True
+            t, step, total, bytes_tuple(record.get("bytes")), record.get("peak") is True
         )
         self.history.append(point)
         if self.peak is None or total > self.peak:
@@ -370,31 +173,31 @@ class _SessionState:
         if record.get("v", SCHEMA_VERSION) != SCHEMA_VERSION:
             self.events_tail.skipped += 1
             return
-        t = _float_or_none(record.get("t"))
-        kind = _str_or_none(record.get("kind"))
+        t = float_or_none(record.get("t"))
+        kind = str_or_none(record.get("kind"))
         if t is None or kind is None:
             self.events_tail.skipped += 1
             return
-        step = _int_or_none(record.get("step")) or 0
+        step = int_or_none(record.get("step")) or 0
         data = record.get("data")
         data = data if isinstance(data, dict) else {}
         if kind == "step_end":
-            total = _int_or_none(data.get("total"))
+            total = int_or_none(data.get("total"))
             if total is None:
                 self.events_tail.skipped += 1
                 return
-            peak = _int_or_none(data.get("peak")) or total
-            session_peak = _int_or_none(data.get("session_peak"))
+            peak = int_or_none(data.get("peak")) or total
+            session_peak = int_or_none(data.get("session_peak"))
             peak_bytes = data.get("peak_bytes")
             point = StepPoint(
                 step,
                 t,
-                _float_or_none(data.get("duration")),
+                float_or_none(data.get("duration")),
                 total,
                 peak,
-                _bytes_tuple(data.get("bytes")),
+                bytes_tuple(data.get("bytes")),
                 session_peak,
-                _bytes_tuple(peak_bytes) if isinstance(peak_bytes, Mapping) else None,
+                bytes_tuple(peak_bytes) if isinstance(peak_bytes, Mapping) else None,
             )
             if self.steps and self.steps[-1].step == step:
                 self.steps[-1] = point
@@ -405,7 +208,7 @@ class _SessionState:
                 self.peak = best
         else:
             message = printable(record.get("message") or "", limit=1000)
-            self.events.append(SessionEvent(t, step, kind, message, _clean(data)))
+            self.events.append(SessionEvent(t, step, kind, message, clean(data)))
         self._touch(t, step)
 
     def view(
@@ -418,16 +221,16 @@ class _SessionState:
         latest = self.latest
         current = bytes_ = phase = module = allocator = nvml = None
         if latest is not None:
-            current = _int_or_none(latest.get("total"))
-            bytes_ = _bytes_tuple(latest.get("bytes"))
-            phase = _str_or_none(latest.get("phase"))
-            module = _str_or_none(latest.get("module"), 500)
+            current = int_or_none(latest.get("total"))
+            bytes_ = bytes_tuple(latest.get("bytes"))
+            phase = str_or_none(latest.get("phase"))
+            module = str_or_none(latest.get("module"), 500)
             alloc = latest.get("allocator")
             allocator = alloc if isinstance(alloc, dict) else None
             nv = latest.get("nvml")
             nvml = nv if isinstance(nv, dict) else None
         if self.steps and (
-            latest is None or self.steps[-1].time >= (_float_or_none(latest.get("t")) or 0.0)
+            latest is None or self.steps[-1].time >= (float_or_none(latest.get("t")) or 0.0)
         ):
             last_step = self.steps[-1]
             current, bytes_ = last_step.total, last_step.bytes
@@ -608,7 +411,7 @@ class SessionReader:
         summary_mtime = files.mtime(summary_path)
         if summary_mtime is not None:  # the writer puts end_time first: read the head only
             found = _END_TIME.search(files.read_head(summary_path, 256))
-            end = _float_or_none(float(found.group(1))) if found else None
+            end = float_or_none(float(found.group(1))) if found else None
             return now - (summary_mtime if end is None else end) > self.ended_for
         newest = _newest_mtime(base)
         if newest is None or now - newest <= self.ended_for:
@@ -626,10 +429,10 @@ class SessionReader:
     def _judge(self, state: _SessionState, now: float) -> SessionView | None:
         summary = state.summary
         if summary is not None:
-            end = _float_or_none(summary.get("end_time"))
+            end = float_or_none(summary.get("end_time"))
             if end is None:
                 end = files.mtime(state.directory / SUMMARY) or now
-            status = _str_or_none(summary.get("status")) or "ok"
+            status = str_or_none(summary.get("status")) or "ok"
             if now - end > self.ended_for:
                 return None
             return state.view(

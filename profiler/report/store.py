@@ -19,8 +19,8 @@ from profiler.report.model import OomReport, report_from_dict, report_from_json,
 from profiler.report.render_html import render_html
 from profiler.report.render_md import render_markdown
 from profiler.session import files
-from profiler.session.atomic import write_text_atomic
-from profiler.session.layout import gpumem_home
+from profiler.session.atomic import write_atomic_at
+from profiler.session.layout import gpumem_home, make_private_dirs, open_private_dir
 from profiler.text import printable
 
 __all__ = [
@@ -76,12 +76,16 @@ def write_report(report: OomReport, directory: Path, stem: str = REPORT_STEM) ->
         The report with ``path`` set to the JSON file.
     """
     directory = Path(directory)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private_dirs(directory)
     path = directory / f"{stem}.json"
     written = dataclasses.replace(report, path=path)
-    write_text_atomic(path.with_suffix(".md"), render_markdown(written))
-    write_text_atomic(path.with_suffix(".html"), render_html(written))
-    write_text_atomic(path, report_to_json(written) + "\n")
+    fd = open_private_dir(directory)  # through its descriptor: a swapped link redirects nothing
+    try:
+        write_atomic_at(fd, f"{stem}.md", render_markdown(written).encode("utf-8"))
+        write_atomic_at(fd, f"{stem}.html", render_html(written).encode("utf-8"))
+        write_atomic_at(fd, f"{stem}.json", (report_to_json(written) + "\n").encode("utf-8"))
+    finally:
+        os.close(fd)
     return written
 
 

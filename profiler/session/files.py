@@ -211,7 +211,7 @@ def load_json(
     try:
         raw = read_bytes(path, limit=limit, follow_symlinks=follow_symlinks)
     except FileNotFoundError:
-        raise StreamError(f"no {what} at {shown}") from None
+        raise StreamError(f"cannot read {what} {shown}: no such file") from None
     except NotRegularFile as exc:
         raise StreamError(f"{what} {shown} is {exc.strerror}; not read") from None
     except OSError as exc:

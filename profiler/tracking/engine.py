@@ -172,13 +172,14 @@ class Engine:
         owner, pre, post = self._owner, strategy.module_pre, strategy.module_post
         get_ident = threading.get_ident
 
+        # (under torch.compile the strategy's own hook steps aside: no thread call is traced)
         def module_pre(module: torch.nn.Module, args: Any) -> Any:
-            if get_ident() == owner:
+            if is_compiling() or get_ident() == owner:
                 return pre(module, args)
             return None
 
         def module_post(module: torch.nn.Module, args: Any, output: Any) -> Any:
-            if get_ident() == owner:
+            if is_compiling() or get_ident() == owner:
                 return post(module, args, output)
             return None
 

@@ -146,6 +146,7 @@ class MemoryTracker:
         self._engine = Engine(options, model, optimizer)
         self._state = self._engine.state
         self._leak_detector: LeakDetector | None = None
+        self._stream: SessionWriter | None = None
         #: The OOM post-mortem, once one was written (see :mod:`profiler.report`).
         self.oom_report: OomReport | None = None
 
@@ -157,29 +158,47 @@ class MemoryTracker:
         try:
             self._start_observers()
             engine.start_recording()
-        except BaseException:
-            engine.exit(None)
+        except BaseException as error:  # a Ctrl-C inside gpumem's own enter included
+            try:
+                engine.exit(None)
+            finally:
+                self._close_observers(error)
             raise
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
-        engine = self._engine
-        engine.exit(exc)
-        self._predict()
-        if isinstance(exc, torch.OutOfMemoryError):
-            self._report_oom(exc)
-        engine.history.emit(
-            Event(time.time(), self._state.step, EventKind.END, "session ended", {})
-        )
-        engine.history.notify("on_close", self, exc)
+        interrupted: BaseException | None = None
+        try:
+            engine = self._engine
+            engine.exit(exc)
+            self._predict()
+            if isinstance(exc, torch.OutOfMemoryError):
+                self._report_oom(exc)
+            engine.history.emit(
+                Event(time.time(), self._state.step, EventKind.END, "session ended", {})
+            )
+        except BaseException as error:  # a Ctrl-C inside gpumem's own exit: still close
+            interrupted = error
+        self._close_observers(exc if interrupted is None else interrupted)
+        if interrupted is not None:
+            raise interrupted
         return False
+
+    def _close_observers(self, exc: BaseException | None) -> None:
+        """``on_close`` to every observer; the stream is closed (its thread stopped, its summary
+        written) even if that is interrupted."""
+        try:
+            self._engine.history.notify("on_close", self, exc)
+        finally:
+            if self._stream is not None:
+                self._stream.on_close(self, exc)  # nothing to do if it closed already
 
     def _start_observers(self) -> None:
         engine = self._engine
         options = engine.options
         if options.stream:
             try:
-                writer = SessionWriter.for_run(self, home=options.home)
+                writer = self._stream = SessionWriter.for_run(self, home=options.home)
                 self._state.session_dir = writer.directory
                 engine.history.observers.append(writer)
             except Exception as error:

@@ -111,6 +111,11 @@ def test_a_plugin_that_fails_to_load_breaks_only_its_own_command(
     _fake_group(monkeypatch, broken="gpumem_no_such_module_here")
     assert main(["devices", "--demo", "--json"]) == 0
     assert '"devices"' in capsys.readouterr().out
+    assert main(["broken", "--any", "option"]) == 1  # one line, no traceback
+    err = capsys.readouterr().err
+    assert err.startswith("gpumem broken: error: internal error: ModuleNotFoundError: ")
+    assert "gpumem_no_such_module_here" in err and err.count("\n") == 1
+    monkeypatch.setenv("GPUMEM_DEBUG", "1")  # for a bug report: the traceback
     with pytest.raises(ModuleNotFoundError, match="gpumem_no_such_module_here"):
         main(["broken", "--any", "option"])
 

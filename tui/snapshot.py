@@ -12,6 +12,7 @@ Textual widgets and by ``gpumem top --once``. No Textual import here.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 from profiler.backends.base import DeviceInfo, DeviceSource, ProcessInfo
 from profiler.records import CATEGORIES
 from profiler.session.reader import SessionView
+from profiler.text import printable
 from profiler.units import format_bytes
 
 __all__ = [
@@ -136,13 +138,32 @@ class SnapshotBuilder:
                 session_error = f"sessions unavailable: {_describe(exc)}"
         return Snapshot(
             time=self.clock(),
-            devices=devices,
-            device_error=device_error,
-            processes=processes,
-            process_error=process_error,
-            sessions=sessions,
-            session_error=session_error,
+            devices=tuple(_clean_device(d) for d in devices),
+            device_error=_clean(device_error),
+            processes=tuple(_clean_process(p) for p in processes),
+            process_error=_clean(process_error),
+            sessions=sessions,  # the reader made their text printable
+            session_error=_clean(session_error),
         )
+
+
+def _clean(text: str | None, limit: int = 500) -> str | None:
+    """Text from NVML or another process (a name, a command line) made safe for a terminal."""
+    return None if text is None else printable(text, limit=limit)
+
+
+def _clean_device(info: DeviceInfo) -> DeviceInfo:
+    name, uuid = _clean(info.name, 100), _clean(info.uuid, 100)
+    if name == info.name and uuid == info.uuid:
+        return info
+    return dataclasses.replace(info, name=name, uuid=uuid)
+
+
+def _clean_process(info: ProcessInfo) -> ProcessInfo:
+    name, user, command = _clean(info.name, 200), _clean(info.user, 64), _clean(info.command, 2000)
+    if name == info.name and user == info.user and command == info.command:
+        return info
+    return dataclasses.replace(info, name=name, user=user, command=command)
 
 
 def _describe(exc: BaseException) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from profiler.errors import GpumemError, UsageError
+from profiler.text import printable
 
 HELP = "Live dashboard of GPUs, processes and tracked sessions (q quits, ? helps)."
 
@@ -41,13 +42,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _positive(text: str, option: str, *, kind: type = float) -> Any:
+def _positive(text: str, option: str, *, kind: type = float, highest: float) -> Any:
+    shown = printable(text, limit=40)
     try:
-        value = kind(text)
+        value = kind(text) if len(text) <= 40 else None
     except ValueError:
-        raise UsageError(f"{option} must be a number, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise UsageError(f"{option} must be positive, got {text!r}")
+        value = None
+    if value is None:
+        raise UsageError(f"{option} must be a number, got {shown!r}")
+    if not value > 0:  # True for NaN
+        raise UsageError(f"{option} must be positive, got {shown!r}")
+    if not value <= highest:
+        raise UsageError(f"{option} must be at most {highest:g}, got {shown!r}")
     return value
 
 
@@ -57,9 +63,14 @@ def make_builder(args: argparse.Namespace) -> Any:
     from tui.snapshot import SnapshotBuilder
 
     if args.home is not None:
-        home = Path(args.home).expanduser()
-        if home.exists() and not home.is_dir():
-            raise UsageError(f"--home {args.home!r} is not a directory")
+        shown = printable(args.home, limit=200)
+        try:
+            home = Path(args.home).expanduser()
+            not_a_directory = home.exists() and not home.is_dir()
+        except (OSError, ValueError, RuntimeError) as exc:  # ~nosuchuser, a NUL, too long
+            raise UsageError(f"--home {shown!r} cannot be used: {exc}") from None
+        if not_a_directory:
+            raise UsageError(f"--home {shown!r} is not a directory")
     reader = SessionReader(args.home)
     if args.demo:
         from profiler.backends.fake import demo_source
@@ -89,11 +100,12 @@ def run(args: argparse.Namespace) -> int:
     """Run the dashboard, or print one frame with ``--once``."""
     from tui.snapshot import PROCESS_SORTS
 
-    interval = _positive(args.interval, "--interval")
-    width = _positive(args.width, "--width", kind=int)
+    interval = _positive(args.interval, "--interval", highest=3600)
+    width = _positive(args.width, "--width", kind=int, highest=1000)
     if args.sort not in PROCESS_SORTS:
         raise UsageError(
-            f"unknown sort {args.sort!r}", hint=f"use one of {', '.join(PROCESS_SORTS)}"
+            f"unknown sort {printable(args.sort, limit=40)!r}",
+            hint=f"use one of {', '.join(PROCESS_SORTS)}",
         )
     if args.json and not args.once:
         raise UsageError("--json needs --once", hint="gpumem top --once --json")

@@ -13,6 +13,8 @@ usage), never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import tomllib
 from collections.abc import Callable, Sequence
@@ -23,6 +25,7 @@ from typing import Any, NoReturn, Protocol
 from profiler.cli import demo, devices, estimate, report
 from profiler.cli import run as run_script
 from profiler.errors import GpumemError
+from profiler.text import printable
 
 #: The name gpumem is published under on PyPI (``gpumem`` there is an unrelated project).
 DISTRIBUTION = "torch-gpumem"
@@ -127,15 +130,45 @@ def build_parser(commands: dict[str, Command] | None = None) -> argparse.Argumen
 
 
 def _execute(name: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command: our errors become one line on stderr and their exit code.
+
+    Anything else that escapes a command is a gpumem bug; it still becomes one line (exit 1)
+    rather than a traceback, and ``GPUMEM_DEBUG=1`` shows the traceback for a bug report.
+    """
     try:
         return int(run(args) or 0)
     except GpumemError as exc:
-        print(f"gpumem {name}: error: {exc.one_line()}", file=sys.stderr)
+        _error_line(name, exc.one_line())
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        _quiet_stdout()
         return 0
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against a traceback
+        if os.environ.get("GPUMEM_DEBUG"):
+            raise
+        _error_line(
+            name,
+            f"internal error: {type(exc).__name__}: {exc} "
+            "(hint: please report it; GPUMEM_DEBUG=1 shows the traceback)",
+        )
+        return 1
+
+
+def _error_line(name: str, message: str) -> None:
+    """One line on stderr, its control characters made visible, at most 1,000 characters."""
+    line = printable(f"gpumem {name}: error: {message}", limit=1000)
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr)
+
+
+def _quiet_stdout() -> None:
+    """After a closed pipe: point stdout at /dev/null so that the exit flush cannot fail."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

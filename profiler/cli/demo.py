@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import re
 from typing import TYPE_CHECKING
 
 from profiler.errors import UsageError
+from profiler.text import printable
 
 if TYPE_CHECKING:
     import torch
@@ -61,16 +63,45 @@ def build_model(device: str) -> tuple[torch.nn.Module, bool]:
         return transformers.GPT2LMHeadModel(config), True
 
 
+#: The demo model's longest sequence (GPT-2's ``n_positions`` above).
+MAX_SEQ = 256
+#: The largest batch and step count the demo takes (a demo, not a benchmark).
+MAX_BATCH = 1024
+MAX_STEPS = 10_000
+_DEVICE = re.compile(r"^(cpu|cuda(:[0-9]{1,3})?)$")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse what the demo cannot run, before torch is imported.
+
+    Raises:
+        UsageError: a count out of range, or a device other than ``cpu``, ``cuda``, ``cuda:N``.
+    """
+    for option, value, high in (
+        ("--steps", args.steps, MAX_STEPS),
+        ("--batch", args.batch, MAX_BATCH),
+        ("--seq", args.seq, MAX_SEQ),
+    ):
+        if not 0 < value <= high:
+            raise UsageError(f"{option} must be between 1 and {high}, got {value}")
+    if args.device is not None and not _DEVICE.match(args.device):
+        raise UsageError(
+            f"unknown device {printable(args.device, limit=40)!r}",
+            hint="use cpu, cuda or cuda:N",
+        )
+
+
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     import torch
 
     from profiler import track_memory
 
-    if args.steps <= 0 or args.batch <= 0 or args.seq <= 0:
-        raise UsageError("--steps, --batch and --seq must be positive")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda asked for, but CUDA is not available here")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise UsageError(f"no {device}: this machine has {torch.cuda.device_count()} CUDA devices")
     torch.manual_seed(0)
     model, is_hf = build_model(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from typing import Any
 
 from profiler.errors import BackendUnavailable
+from profiler.text import printable
 from profiler.units import format_bytes
 
 HELP = "List the GPUs and the processes on them (NVML); exit 0 with one line where there is none."
@@ -53,16 +54,17 @@ def _percent(value: int | None) -> str:
 def render_lines(devices: list[Any], processes: list[Any], error: str | None) -> list[str]:
     """The text report: one line per GPU, its processes indented below it."""
     if not devices:
-        return [f"no NVIDIA GPU found: {error}"]
+        return [f"no NVIDIA GPU found: {printable(error, limit=1000)}"]
     lines = []
     for d in devices:
         temperature = "-" if d.temperature is None else f"{d.temperature}°C"
         power = "-" if d.power_watts is None else f"{d.power_watts:.0f} W"
         mig = "-" if d.mig_mode is None else ("on" if d.mig_mode else "off")
         lines.append(
-            f"GPU {d.index}  {d.name or '?'}  "
+            f"GPU {d.index}  {printable(d.name or '?', limit=100)}  "
             f"{format_bytes(d.memory_used)} / {format_bytes(d.memory_total)} used  "
-            f"util {_percent(d.utilization)}  {temperature}  {power}  MIG {mig}  {d.uuid or '-'}"
+            f"util {_percent(d.utilization)}  {temperature}  {power}  MIG {mig}  "
+            f"{printable(d.uuid or '-', limit=100)}"
         )
         mine = sorted(
             (p for p in processes if p.device_index == d.index),
@@ -70,13 +72,14 @@ def render_lines(devices: list[Any], processes: list[Any], error: str | None) ->
         )
         for p in mine:
             lines.append(
-                f"    pid {p.pid:<8} {format_bytes(p.gpu_memory):>11}  {p.user or '?':<10} "
-                f"{p.command or p.name or '?'}"
+                f"    pid {p.pid:<8} {format_bytes(p.gpu_memory):>11}  "
+                f"{printable(p.user or '?', limit=64):<10} "
+                f"{printable(p.command or p.name or '?', limit=2000)}"
             )
         if not mine:
             lines.append("    no processes")
     if error is not None:
-        lines.append(error)
+        lines.append(printable(error, limit=1000))
     return lines
 
 

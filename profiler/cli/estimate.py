@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from profiler.errors import UsageError
+from profiler.text import printable
 from profiler.units import format_bytes, format_gb
 
 HELP = "Estimate memory per category for a model or preset, and which GPUs it fits."
@@ -74,25 +75,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+#: The largest value each whole-number option takes (beyond any real run).
+_HIGHEST = {"batch": 1 << 20, "seq": 1 << 24, "lora rank": 1 << 16}
+#: The largest parameter count (``1000T``) and the longest MODEL or option text taken.
+MAX_PARAMETERS = 10**15
+MAX_TEXT = 4096
+
+
 def _whole(name: str, text: str | None) -> int | None:
     if text is None:
         return None
+    shown = printable(text, limit=40)
     try:
-        value = int(text)
+        value = int(text) if len(text) <= 32 else None
     except ValueError:
-        raise UsageError(f"{name} must be a whole number, got {text!r}") from None
+        value = None
+    if value is None:
+        raise UsageError(f"{name} must be a whole number, got {shown!r}")
     if value <= 0:
-        raise UsageError(f"{name} must be positive, got {value}")
+        raise UsageError(f"{name} must be positive, got {shown}")
+    if value > _HIGHEST[name]:
+        raise UsageError(f"{name} must be at most {_HIGHEST[name]}, got {shown}")
     return value
 
 
 def _param_count(text: str) -> int | None:
-    match = _COUNT.match(text)
+    match = _COUNT.match(text) if len(text) <= 64 else None
     if match is None or "." in text and not match.group(2) and "e" not in text.lower():
         return None
     if not match.group(2) and "e" not in text.lower():
         return None  # a bare integer is not a model
-    return int(float(match.group(1)) * _SCALE[match.group(2).lower()])
+    value = float(match.group(1)) * _SCALE[match.group(2).lower()]
+    if not 1 <= value <= MAX_PARAMETERS:  # False for inf (1e999) and NaN
+        raise UsageError(
+            f"parameter count out of range: {printable(text, limit=40)!r}",
+            hint="between 1 and 1000T (1e15)",
+        )
+    return int(value)
+
+
+def check_text(args: argparse.Namespace) -> None:
+    """Refuse overlong, NUL-holding or non-text option values up front (one line, exit 2)."""
+    for option in ("model", "precision", "mode", "optimizer", "gpu", "attention"):
+        value = getattr(args, option, None)
+        if value is None:
+            continue
+        if len(value) > MAX_TEXT or "\x00" in value:
+            raise UsageError(
+                f"--{option} is too long or holds a NUL: {printable(value, limit=40)!r}"
+            )
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
@@ -232,6 +263,7 @@ def run(args: argparse.Namespace) -> int:
     from profiler.predict.gpus import find_gpu
 
     out = sys.stdout
+    check_text(args)
     if args.list:
         return _list(out, args.json)
     if not args.model:

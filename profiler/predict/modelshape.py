@@ -8,14 +8,16 @@ Both the Llama family names (``hidden_size``, ``num_hidden_layers``) and the GPT
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from profiler.errors import ConfigError
+from profiler.errors import ConfigError, StreamError
+from profiler.session import files
+from profiler.text import printable
 
 __all__ = ["ModelShape", "load_config", "shape_from_config", "shape_from_module"]
 
@@ -95,20 +97,15 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str,
     if isinstance(source, Mapping):
         return dict(source)
     path = Path(source)
-    if path.is_dir():
-        path = path / "config.json"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {str(path)!r}: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"config {str(path)!r} is not valid JSON: {exc.msg} at line {exc.lineno}"
-        ) from None
+    with contextlib.suppress(OSError, ValueError):
+        if path.is_dir():
+            path = path / "config.json"
+    try:  # a regular file only, bounded, numbers read defensively (NaN, 1e999: unknown)
+        data = files.load_json(path, what="config", follow_symlinks=True)
+    except StreamError as exc:
+        raise ConfigError(exc.message) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config {str(path)!r} is not a JSON object")
+        raise ConfigError(f"config {printable(path, limit=200)!r} is not a JSON object")
     return data
 
 

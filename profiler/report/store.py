@@ -9,16 +9,19 @@ the other two as well. Nothing here imports torch.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from pathlib import Path
 
 from profiler.errors import StreamError
-from profiler.report.model import OomReport, report_from_json, report_to_json
+from profiler.report.model import OomReport, report_from_dict, report_from_json, report_to_json
 from profiler.report.render_html import render_html
 from profiler.report.render_md import render_markdown
-from profiler.session.atomic import write_text_atomic
-from profiler.session.layout import gpumem_home
+from profiler.session import files
+from profiler.session.atomic import write_atomic_at
+from profiler.session.layout import gpumem_home, make_private_dirs, open_private_dir
+from profiler.text import printable
 
 __all__ = [
     "REPORT_STEM",
@@ -31,6 +34,8 @@ __all__ = [
 
 #: File stem of the report inside a session directory.
 REPORT_STEM = "oom_report"
+#: The largest report file read (a real one is tens of kilobytes).
+MAX_REPORT_BYTES = 64 * 1024 * 1024
 #: Names of the other JSON files a session directory holds (never taken for a report).
 _SESSION_FILES = frozenset({"meta.json", "summary.json", "modules.json"})
 
@@ -71,12 +76,16 @@ def write_report(report: OomReport, directory: Path, stem: str = REPORT_STEM) ->
         The report with ``path`` set to the JSON file.
     """
     directory = Path(directory)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private_dirs(directory)
     path = directory / f"{stem}.json"
     written = dataclasses.replace(report, path=path)
-    write_text_atomic(path.with_suffix(".md"), render_markdown(written))
-    write_text_atomic(path.with_suffix(".html"), render_html(written))
-    write_text_atomic(path, report_to_json(written) + "\n")
+    fd = open_private_dir(directory)  # through its descriptor: a swapped link redirects nothing
+    try:
+        write_atomic_at(fd, f"{stem}.md", render_markdown(written).encode("utf-8"))
+        write_atomic_at(fd, f"{stem}.html", render_html(written).encode("utf-8"))
+        write_atomic_at(fd, f"{stem}.json", (report_to_json(written) + "\n").encode("utf-8"))
+    finally:
+        os.close(fd)
     return written
 
 
@@ -88,18 +97,30 @@ def load_report(path: str | os.PathLike[str]) -> OomReport:
     """
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = files.read_bytes(path, limit=MAX_REPORT_BYTES, follow_symlinks=True)
     except FileNotFoundError:
         raise StreamError(f"no report at {path}") from None
-    except IsADirectoryError:
-        raise StreamError(f"{path} is a directory, not a report") from None
+    except files.NotRegularFile as exc:
+        raise StreamError(f"{path} is {exc.strerror}, not a report") from None
     except OSError as exc:
         raise StreamError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise StreamError(f"{path} is not a gpumem report (not UTF-8 text)") from None
-    return dataclasses.replace(report_from_json(text, source=str(path)), path=path)
+    if not text.strip():
+        return report_from_json(text, source=str(path))  # raises: empty
+    try:  # NaN, Infinity, 1e999 and absurd integers read as null; nesting is bounded
+        data = files.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StreamError(
+            f"{path} is not valid JSON (torn or corrupt: {exc.msg} at line {exc.lineno} "
+            f"column {exc.colno})",
+            hint="re-run to write a new report",
+        ) from None
+    except ValueError as exc:
+        raise StreamError(f"{path} is not valid JSON ({exc})") from None
+    return dataclasses.replace(report_from_dict(data, source=str(path)), path=path)
 
 
 def _newest(paths: list[Path]) -> Path | None:
@@ -160,6 +181,15 @@ def find_report(target: str, home: str | os.PathLike[str] | None = None) -> Path
     Raises:
         StreamError: nothing found.
     """
+    try:
+        return _find(target, home)
+    except (OSError, ValueError, RuntimeError) as exc:  # a name too long, a NUL, ~nosuchuser
+        raise StreamError(
+            f"cannot look for a report named {printable(target, limit=80)!r}: {exc}"
+        ) from None
+
+
+def _find(target: str, home: str | os.PathLike[str] | None) -> Path:
     path = Path(target).expanduser()
     if path.is_file():
         if path.suffix in (".md", ".html"):

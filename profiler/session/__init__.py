@@ -6,7 +6,9 @@
 - :mod:`~profiler.session.atomic`: the one atomic writer;
 - :mod:`~profiler.session.writer`: :class:`~profiler.session.writer.SessionWriter`, an observer
   of a run that writes its stream;
-- :mod:`~profiler.session.files`: the one place readers open session files;
+- :mod:`~profiler.session.files`: the one place readers open session files (and configs and
+  reports): regular files only, bounded, numbers and nesting read defensively;
+- :mod:`~profiler.session.fields`: the records a poll returns and the defensive field readers;
 - :mod:`~profiler.session.reader`: :class:`~profiler.session.reader.SessionReader`, which finds
   and tails sessions.
 

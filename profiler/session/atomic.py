@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["write_atomic", "write_text_atomic"]
+__all__ = ["write_atomic", "write_atomic_at", "write_text_atomic"]
 
 
 def write_atomic(
@@ -63,3 +64,33 @@ def write_text_atomic(
 ) -> Path:
     """:func:`write_atomic` for UTF-8 text."""
     return write_atomic(path, text.encode("utf-8"), mode=mode, durable=durable)
+
+
+def write_atomic_at(dir_fd: int, name: str, data: bytes, *, mode: int = 0o600) -> None:
+    """Write ``data`` atomically as ``name`` inside the directory open as ``dir_fd``.
+
+    For files in a directory gpumem holds open (a session's): every step goes through the
+    descriptor and ``O_NOFOLLOW``, so swapping the directory (or a file in it) for a symbolic
+    link cannot redirect the write anywhere else. ``name`` is a plain file name.
+
+    Raises:
+        OSError: the write failed (the temporary file is removed), or ``name`` exists and is
+            not a regular file.
+    """
+    try:
+        existing = os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        existing = None
+    if existing is not None and not stat.S_ISREG(existing.st_mode):
+        raise IsADirectoryError(f"{name} exists and is not a regular file; not replaced")
+    tmp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, mode, dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise

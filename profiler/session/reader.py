@@ -11,24 +11,39 @@ passed over, unknown fields are ignored, and a session whose ``meta.json`` is un
 shown with what its directory name says (parsed by :mod:`profiler.session.layout`). Files are
 opened in :mod:`profiler.session.files` only.
 
-A session is *live* while it has no ``summary.json`` and its pid exists (same host; for another
-host, while its files changed in the last ``stale_after`` seconds). Ended sessions stay listed for
-``ended_for`` seconds. Plain files only: no torch, no pandas.
+A session is *live* while it has no ``summary.json`` and its pid exists, where its pid can be
+checked (same host, kernel boot and pid namespace:
+:func:`~profiler.session.layout.same_machine`); elsewhere (another container sharing the home,
+another host), while its files changed in the last ``stale_after`` seconds (the writer's
+heartbeat touches them every second). Ended sessions stay listed for ``ended_for`` seconds.
+Every string read is made :func:`~profiler.text.printable`; a meta of another schema version
+is shown as ``unsupported schema vN``, its lines not read. Plain files only: no torch, no pandas.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from profiler.records import CATEGORIES
 from profiler.session import files
+from profiler.session.fields import (
+    HistoryPoint,
+    SessionEvent,
+    SessionMeta,
+    SessionView,
+    StepPoint,
+    bytes_tuple,
+    clean,
+    float_or_none,
+    int_or_none,
+    str_or_none,
+)
 from profiler.session.files import JsonlTail
 from profiler.session.layout import (
     EVENTS,
@@ -37,9 +52,12 @@ from profiler.session.layout import (
     SAMPLES,
     SUMMARY,
     host_matches,
-    parse_session_name,
+    same_machine,
     sessions_dir,
+    this_machine,
 )
+from profiler.session.schema import SCHEMA_VERSION
+from profiler.text import printable
 
 __all__ = [
     "HistoryPoint",
@@ -50,188 +68,7 @@ __all__ = [
     "StepPoint",
 ]
 
-_CATEGORY_NAMES = tuple(str(c) for c in CATEGORIES)
-
-
-def _int_or_none(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value == value:
-        return int(value)
-    return None
-
-
-def _float_or_none(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float) and value == value:
-        return float(value)
-    return None
-
-
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _bytes_tuple(value: Any) -> tuple[int, ...]:
-    """Per-category bytes from ``{"weights": n, ...}`` in :data:`CATEGORIES` order (missing: 0)."""
-    if not isinstance(value, Mapping):
-        return _ZEROS
-    get = value.get
-    values = tuple([get(name, 0) for name in _CATEGORY_NAMES])
-    for item in values:
-        if type(item) is not int:  # rare: a float, a string, null; clean one by one
-            return tuple(_int_or_none(v) or 0 for v in values)
-    return values
-
-
-_ZEROS = (0,) * len(_CATEGORY_NAMES)
-
-
-@dataclass(frozen=True, slots=True)
-class SessionMeta:
-    """What ``meta.json`` (or, failing that, the directory name) says about a session."""
-
-    id: str
-    directory: str
-    name: str
-    pid: int | None
-    host: str | None
-    start_time: float | None
-    rank: int | None = None
-    world_size: int | None = None
-    device: str | None = None
-    device_index: int | None = None
-    model_class: str | None = None
-    param_count: int | None = None
-    command: str | None = None
-    mode: str | None = None
-    capacity: int | None = None
-    predicted: tuple[tuple[str, int | None], ...] = ()
-    schema: int | None = None
-
-    @classmethod
-    def from_dict(cls, directory: Path, data: Mapping[str, Any]) -> SessionMeta:
-        """Read the known fields of ``data``; anything missing or mistyped becomes ``None``."""
-        fallback = cls.from_directory(directory)
-        predicted = data.get("predicted")
-        pairs: tuple[tuple[str, int | None], ...] = ()
-        if isinstance(predicted, Mapping):
-            pairs = tuple(
-                (name, _int_or_none(predicted.get(name)))
-                for name in _CATEGORY_NAMES
-                if name in predicted
-            )
-        return cls(
-            id=directory.name,
-            directory=str(directory),
-            name=_str_or_none(data.get("name")) or fallback.name,
-            pid=_int_or_none(data.get("pid")) or fallback.pid,
-            host=_str_or_none(data.get("host")) or fallback.host,
-            start_time=_float_or_none(data.get("start_time")) or fallback.start_time,
-            rank=_int_or_none(data.get("rank")),
-            world_size=_int_or_none(data.get("world_size")),
-            device=_str_or_none(data.get("device")),
-            device_index=_int_or_none(data.get("device_index")),
-            model_class=_str_or_none(data.get("model_class")),
-            param_count=_int_or_none(data.get("param_count")),
-            command=_str_or_none(data.get("command")),
-            mode=_str_or_none(data.get("mode")),
-            capacity=_int_or_none(data.get("capacity")),
-            predicted=pairs,
-            schema=_int_or_none(data.get("v")),
-        )
-
-    @classmethod
-    def from_directory(cls, directory: Path) -> SessionMeta:
-        """What the directory name says (:func:`~profiler.session.layout.parse_session_name`)."""
-        parsed = parse_session_name(directory.name)
-        if parsed is None:
-            return cls(
-                id=directory.name,
-                directory=str(directory),
-                name=directory.name,
-                pid=None,
-                host=None,
-                start_time=None,
-            )
-        return cls(
-            id=directory.name,
-            directory=str(directory),
-            name=parsed.name,
-            pid=parsed.pid,
-            host=parsed.host,
-            start_time=parsed.start_time,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryPoint:
-    """One written sample: the total and the bytes per category at a moment."""
-
-    time: float
-    step: int
-    total: int
-    bytes: tuple[int, ...]
-    peak: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class StepPoint:
-    """One step end as the stream recorded it."""
-
-    step: int
-    time: float
-    duration: float | None
-    total: int
-    peak: int
-    bytes: tuple[int, ...]
-    session_peak: int | None = None
-    peak_bytes: tuple[int, ...] | None = None  # per category at the step's peak
-
-
-@dataclass(frozen=True, slots=True)
-class SessionEvent:
-    """An event other than a step end: a leak, an OOM, a suggestion, a warning."""
-
-    time: float
-    step: int
-    kind: str
-    message: str
-    data: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class SessionView:
-    """A session at the moment of a poll: who, where it stands, its recent history."""
-
-    meta: SessionMeta
-    live: bool
-    end_time: float | None
-    status: str | None  # None while live; "ok", "error" or "killed" once ended
-    last_update: float | None
-    step: int | None
-    phase: str | None
-    module: str | None
-    current: int | None
-    bytes: tuple[int, ...] | None
-    peak: int | None
-    allocator: Mapping[str, Any] | None
-    nvml: Mapping[str, Any] | None
-    history: tuple[HistoryPoint, ...]
-    steps: tuple[StepPoint, ...]
-    events: tuple[SessionEvent, ...]
-    modules: tuple[tuple[str, int], ...]
-    summary: Mapping[str, Any] | None
-    error: str | None
-    skipped: int
-
-    @property
-    def id(self) -> str:
-        """The session directory's name: unique and sorted by start time."""
-        return self.meta.id
+_END_TIME = re.compile(rb'"end_time":\s*(-?[0-9]{1,20}(?:\.[0-9]{1,20})?(?:[eE][+-]?[0-9]{1,3})?)')
 
 
 class _SessionState:
@@ -271,6 +108,10 @@ class _SessionState:
             else:
                 self.meta = SessionMeta.from_dict(self.directory, data)
                 self.error = None
+        schema = self.meta.schema
+        if schema is not None and schema != SCHEMA_VERSION:
+            self.error = f"unsupported schema v{schema}"  # another gpumem's stream: not misread
+            return
         for record in self.samples.read():
             self._sample(record)
         for record in self.events_tail.read():
@@ -283,9 +124,9 @@ class _SessionState:
             pairs = data.get("activations") if data is not None else None
             if isinstance(pairs, list):
                 self.modules = tuple(
-                    (str(p[0]), int(p[1]))
-                    for p in pairs
-                    if isinstance(p, list) and len(p) == 2 and _int_or_none(p[1]) is not None
+                    (printable(p[0], limit=500), int_or_none(p[1]) or 0)
+                    for p in pairs[:100]
+                    if isinstance(p, list) and len(p) == 2 and int_or_none(p[1]) is not None
                 )
         if not self.summary_read:
             summary_path = self.directory / SUMMARY
@@ -295,8 +136,8 @@ class _SessionState:
                 if data is None:
                     self.bad_files += 1
                     data = {"status": "unreadable", "end_time": files.mtime(summary_path)}
-                self.summary = data
-                peak = _int_or_none(data.get("session_peak"))
+                self.summary = clean(data)
+                peak = int_or_none(data.get("session_peak"))
                 if peak is not None and (self.peak is None or peak > self.peak):
                     self.peak = peak
                 self.samples.close()
@@ -309,14 +150,17 @@ class _SessionState:
             self.step = step
 
     def _sample(self, record: dict[str, Any]) -> None:
-        t = _float_or_none(record.get("t"))
-        total = _int_or_none(record.get("total"))
+        if record.get("v", SCHEMA_VERSION) != SCHEMA_VERSION:
+            self.samples.skipped += 1
+            return
+        t = float_or_none(record.get("t"))
+        total = int_or_none(record.get("total"))
         if t is None or total is None:
             self.samples.skipped += 1
             return
-        step = _int_or_none(record.get("step")) or 0
+        step = int_or_none(record.get("step")) or 0
         point = HistoryPoint(
-            t, step, total, _bytes_tuple(record.get("bytes")), record.get("peak") is True
+            t, step, total, bytes_tuple(record.get("bytes")), record.get("peak") is True
         )
         self.history.append(point)
         if self.peak is None or total > self.peak:
@@ -326,31 +170,34 @@ class _SessionState:
         self._touch(t, step)
 
     def _event(self, record: dict[str, Any]) -> None:
-        t = _float_or_none(record.get("t"))
-        kind = _str_or_none(record.get("kind"))
+        if record.get("v", SCHEMA_VERSION) != SCHEMA_VERSION:
+            self.events_tail.skipped += 1
+            return
+        t = float_or_none(record.get("t"))
+        kind = str_or_none(record.get("kind"))
         if t is None or kind is None:
             self.events_tail.skipped += 1
             return
-        step = _int_or_none(record.get("step")) or 0
+        step = int_or_none(record.get("step")) or 0
         data = record.get("data")
         data = data if isinstance(data, dict) else {}
         if kind == "step_end":
-            total = _int_or_none(data.get("total"))
+            total = int_or_none(data.get("total"))
             if total is None:
                 self.events_tail.skipped += 1
                 return
-            peak = _int_or_none(data.get("peak")) or total
-            session_peak = _int_or_none(data.get("session_peak"))
+            peak = int_or_none(data.get("peak")) or total
+            session_peak = int_or_none(data.get("session_peak"))
             peak_bytes = data.get("peak_bytes")
             point = StepPoint(
                 step,
                 t,
-                _float_or_none(data.get("duration")),
+                float_or_none(data.get("duration")),
                 total,
                 peak,
-                _bytes_tuple(data.get("bytes")),
+                bytes_tuple(data.get("bytes")),
                 session_peak,
-                _bytes_tuple(peak_bytes) if isinstance(peak_bytes, Mapping) else None,
+                bytes_tuple(peak_bytes) if isinstance(peak_bytes, Mapping) else None,
             )
             if self.steps and self.steps[-1].step == step:
                 self.steps[-1] = point
@@ -360,8 +207,8 @@ class _SessionState:
             if self.peak is None or best > self.peak:
                 self.peak = best
         else:
-            message = record.get("message")
-            self.events.append(SessionEvent(t, step, kind, str(message or ""), data))
+            message = printable(record.get("message") or "", limit=1000)
+            self.events.append(SessionEvent(t, step, kind, message, clean(data)))
         self._touch(t, step)
 
     def view(
@@ -374,16 +221,16 @@ class _SessionState:
         latest = self.latest
         current = bytes_ = phase = module = allocator = nvml = None
         if latest is not None:
-            current = _int_or_none(latest.get("total"))
-            bytes_ = _bytes_tuple(latest.get("bytes"))
-            phase = _str_or_none(latest.get("phase"))
-            module = _str_or_none(latest.get("module"))
+            current = int_or_none(latest.get("total"))
+            bytes_ = bytes_tuple(latest.get("bytes"))
+            phase = str_or_none(latest.get("phase"))
+            module = str_or_none(latest.get("module"), 500)
             alloc = latest.get("allocator")
             allocator = alloc if isinstance(alloc, dict) else None
             nv = latest.get("nvml")
             nvml = nv if isinstance(nv, dict) else None
         if self.steps and (
-            latest is None or self.steps[-1].time >= (_float_or_none(latest.get("t")) or 0.0)
+            latest is None or self.steps[-1].time >= (float_or_none(latest.get("t")) or 0.0)
         ):
             last_step = self.steps[-1]
             current, bytes_ = last_step.total, last_step.bytes
@@ -419,6 +266,8 @@ def _process_alive(pid: int, start_time: float | None) -> bool:
     """Whether ``pid`` runs and is the process that started at ``start_time`` (not a reuse)."""
     import psutil
 
+    if pid <= 0:
+        return False
     try:
         created = psutil.Process(pid).create_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
@@ -428,10 +277,27 @@ def _process_alive(pid: int, start_time: float | None) -> bool:
     return start_time is None or created <= start_time + 2.0
 
 
-def _newest_mtime(directory: Path) -> float | None:
+def _directories(root: Path) -> list[str]:
+    """The names of the real directories (not links to one) in ``root``; ``[]`` if unreadable."""
+    names = []
+    try:
+        with os.scandir(root) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        names.append(entry.name)
+                except OSError:
+                    continue
+    except (OSError, ValueError):
+        return []
+    return names
+
+
+def _newest_mtime(directory: Path | str) -> float | None:
     newest = None
+    base = os.fspath(directory)
     for name in (SAMPLES, EVENTS, META):
-        mtime = files.mtime(directory / name)
+        mtime = files.mtime(os.path.join(base, name))
         if mtime is not None and (newest is None or mtime > newest):
             newest = mtime
     return newest
@@ -474,16 +340,14 @@ class SessionReader:
         self.pid_exists = pid_exists
         self.host = host if host is not None else socket.gethostname()
         self._states: dict[str, _SessionState] = {}
+        self._here = this_machine()
         self._ignored: set[str] = set()
 
     def poll(self) -> list[SessionView]:
         """Read what changed and return every listed session: live ones first (by start time),
         then ended ones (most recently ended first)."""
         now = self.clock()
-        try:
-            names = [entry.name for entry in os.scandir(self.root) if entry.is_dir()]
-        except OSError:
-            names = []
+        names = _directories(self.root)
         present = set(names)
         for name in list(self._states):
             if name not in present:
@@ -494,16 +358,12 @@ class SessionReader:
         for name in sorted(names):
             if name in self._ignored or name.startswith("."):
                 continue
-            state = self._states.get(name)
-            directory = self.root / name
-            if state is None:
-                if self._long_ended(directory, now):
-                    self._ignored.add(name)
-                    continue
-                state = _SessionState(directory, self.history, self.events)
-                self._states[name] = state
-            state.update()
-            view = self._judge(state, now)
+            try:
+                skip, view = self._poll_one(name, now)
+            except Exception as exc:  # noqa: BLE001 - one session's problem hides no other
+                skip, view = False, self._broken(name, exc)
+            if skip:
+                continue
             if view is None:
                 self._states.pop(name).close()
                 self._ignored.add(name)
@@ -513,6 +373,27 @@ class SessionReader:
                 ended.append(view)
         ended.sort(key=lambda v: -(v.end_time or 0.0))
         return live + ended
+
+    def _poll_one(self, name: str, now: float) -> tuple[bool, SessionView | None]:
+        """(skip, view) for one session directory; skip: it ended long before we first saw it."""
+        state = self._states.get(name)
+        directory = self.root / name
+        if state is None:
+            if self._long_ended(directory, now):
+                self._ignored.add(name)
+                return True, None
+            state = _SessionState(directory, self.history, self.events)
+            self._states[name] = state
+        state.update()
+        return False, self._judge(state, now)
+
+    def _broken(self, name: str, exc: Exception) -> SessionView:
+        """A session whose files could not be read, shown in place with the reason."""
+        state = self._states.get(name) or _SessionState(self.root / name, 1, 1)
+        self._states[name] = state
+        reason = printable(f"unreadable: {type(exc).__name__}: {exc}", limit=200)
+        state.error = reason
+        return state.view(False, None, "unreadable", None)
 
     def close(self) -> None:
         """Close every open file."""
@@ -525,15 +406,17 @@ class SessionReader:
 
     def _long_ended(self, directory: Path, now: float) -> bool:
         """Whether a session found for the first time ended more than ``ended_for`` ago."""
-        summary_path = directory / SUMMARY
+        base = os.fspath(directory)
+        summary_path = os.path.join(base, SUMMARY)
         summary_mtime = files.mtime(summary_path)
-        if summary_mtime is not None:
-            end = _float_or_none((files.read_json(summary_path) or {}).get("end_time"))
+        if summary_mtime is not None:  # the writer puts end_time first: read the head only
+            found = _END_TIME.search(files.read_head(summary_path, 256))
+            end = float_or_none(float(found.group(1))) if found else None
             return now - (summary_mtime if end is None else end) > self.ended_for
-        meta = SessionMeta.from_directory(directory)
-        newest = _newest_mtime(directory)
+        newest = _newest_mtime(base)
         if newest is None or now - newest <= self.ended_for:
             return False
+        meta = SessionMeta.from_directory(directory)
         if self._same_host(meta.host) and meta.pid is not None:
             return not self._alive(meta.pid, meta.start_time)
         return True
@@ -546,10 +429,10 @@ class SessionReader:
     def _judge(self, state: _SessionState, now: float) -> SessionView | None:
         summary = state.summary
         if summary is not None:
-            end = _float_or_none(summary.get("end_time"))
+            end = float_or_none(summary.get("end_time"))
             if end is None:
                 end = files.mtime(state.directory / SUMMARY) or now
-            status = _str_or_none(summary.get("status")) or "ok"
+            status = str_or_none(summary.get("status")) or "ok"
             if now - end > self.ended_for:
                 return None
             return state.view(
@@ -559,7 +442,8 @@ class SessionReader:
                 summary.get("summary") if isinstance(summary.get("summary"), Mapping) else summary,
             )
         meta = state.meta
-        if self._same_host(meta.host):
+        identity = {"host": meta.host, "boot_id": meta.boot_id, "pid_ns": meta.pid_ns}
+        if same_machine(identity, self.host, self._here):  # its pid can be checked here
             alive = meta.pid is not None and self._alive(meta.pid, meta.start_time)
         else:
             newest = _newest_mtime(state.directory)

@@ -25,13 +25,18 @@ through :class:`~profiler.run.RunView`. It writes, into a directory that
 Every line and file carries ``"v": SCHEMA_VERSION``. Readers (:mod:`profiler.session.reader`)
 skip a torn last line, corrupt lines and unknown fields. The two ``.jsonl`` files rotate at
 ``max_bytes`` (the old one becomes ``samples.1.jsonl``), so a session holds at most about
-``4 * max_bytes`` on disk, and old ended sessions are pruned (the newest 64 kept) when a new one
-starts.
+``4 * max_bytes`` on disk, and old ended sessions are pruned (the newest 64 kept) on a daemon
+thread when a new one starts (never a session that may be live).
 
 Overhead: a written sample costs about 10 µs of CPU (hand-built JSON, a buffered write); a
 sample that arrives within ``interval`` of the last written one costs a comparison (< 1 µs). A
 daemon thread writes the latest pending sample and flushes every ``interval``, so a process
-killed with SIGKILL loses at most the last interval. A write that fails (disk full, directory
+killed with SIGKILL loses at most the last interval; every second the flusher also touches
+``samples.jsonl`` (the heartbeat readers judge a session in another pid namespace by).
+``meta.json`` records ``boot_id`` and ``pid_ns`` (:func:`~profiler.session.layout.this_machine`).
+Every file is opened through the session directory's descriptor with ``O_NOFOLLOW`` (and
+the directory is checked to be the user's own, mode 0700), so a symbolic link swapped in cannot
+redirect a write. A write that fails (disk full, directory
 removed) warns once and stops the stream; the tracked program carries on.
 """
 
@@ -52,16 +57,19 @@ from typing import IO, Any
 from profiler import views
 from profiler.records import Category, Event, EventKind, Sample, SessionInfo, StepRecord
 from profiler.run import Observer, RunView
-from profiler.session.atomic import write_text_atomic
+from profiler.session.atomic import write_atomic_at
 from profiler.session.layout import (
     EVENTS,
     META,
     MODULES,
     SAMPLES,
     SUMMARY,
+    make_private_dirs,
     make_session_dir,
-    prune_sessions,
+    open_private_dir,
+    prune_in_background,
     sessions_dir,
+    this_machine,
 )
 from profiler.session.schema import (
     CATEGORY_NAMES,
@@ -74,6 +82,10 @@ from profiler.session.schema import (
 )
 
 __all__ = ["DEFAULT_MAX_BYTES", "SCHEMA_VERSION", "SessionWriter"]
+
+#: Seconds between two heartbeats (the flusher touches ``samples.jsonl``; readers judge a
+#: session in another pid namespace or on another host live while its files stay fresh).
+HEARTBEAT = 1.0
 
 #: Default largest size of one ``.jsonl`` file before it rotates.
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
@@ -128,6 +140,7 @@ def _process_meta(name: str, pid: int, host: str, start: float, interval: float)
         "rank": rank,
         "world_size": world_size,
         "start_time": start,
+        **this_machine(),
         "command": shlex.join(sys.argv) if sys.argv else None,
         "interval": float(interval),
     }
@@ -144,10 +157,17 @@ def _new_session_dir(
 ) -> Path:
     """A new session directory under ``home``'s sessions folder, old sessions pruned first."""
     root = sessions_dir(home)
-    if prune:
-        with contextlib.suppress(Exception):  # housekeeping; never fail a session over it
-            prune_sessions(root.parent)
-    return make_session_dir(root, start, host, pid, name)
+    directory = make_session_dir(root, start, host, pid, name)
+    if prune:  # housekeeping, on a daemon thread: never delays or fails a session
+        prune_in_background(root.parent)
+    return directory
+
+
+def _status(exc: BaseException | None) -> str:
+    """How a session ended: ``ok``, ``interrupted`` (Ctrl-C, SIGTERM's SystemExit) or ``error``."""
+    if exc is None:
+        return "ok"
+    return "interrupted" if isinstance(exc, KeyboardInterrupt | SystemExit) else "error"
 
 
 def _end_payload(
@@ -163,7 +183,7 @@ def _end_payload(
     return {
         "v": SCHEMA_VERSION,
         "end_time": end_time,
-        "status": "ok" if exc is None else "error",
+        "status": _status(exc),
         "error": None if exc is None else f"{type(exc).__name__}: {exc}",
         "session_peak": session_peak,
         "summary": summary,
@@ -198,7 +218,8 @@ class SessionWriter(Observer):
     ) -> None:
         self.clock = clock
         self._directory = Path(directory)
-        self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dirs(self._directory)
+        self._dir_fd = open_private_dir(self._directory)
         self.interval = float(interval)
         self.max_bytes = int(max_bytes)
         self.modules_interval = float(modules_interval)
@@ -207,8 +228,13 @@ class SessionWriter(Observer):
         self._lock = threading.Lock()
         self._closed = False
         self._failed = False
-        self._samples = _RotatingFile(self._directory / SAMPLES, self.max_bytes)
-        self._events = _RotatingFile(self._directory / EVENTS, self.max_bytes)
+        try:
+            self._samples = _RotatingFile(self._dir_fd, SAMPLES, self.max_bytes)
+            self._events = _RotatingFile(self._dir_fd, EVENTS, self.max_bytes)
+        except BaseException:
+            os.close(self._dir_fd)
+            raise
+        self._heartbeat_at = float("-inf")
         self._last_written_time = float("-inf")
         self._pending: Sample | None = None
         self._window_peak: Sample | None = None
@@ -365,17 +391,40 @@ class SessionWriter(Observer):
         if self._closed:
             return
         run = run if run is not None else self._run
-        with self._lock:
-            if self._pending is not None:
-                self._write_window(self._pending)
-        if run is not None:
-            self._write_modules(run)
-        payload = _end_payload(run, exc, self.clock(), self._session_peak)
-        self.close()
-        self._write_file(SUMMARY, payload)
+        payload: dict[str, Any] = {
+            "v": SCHEMA_VERSION,
+            "end_time": self.clock(),
+            "status": "interrupted",  # what stays if an interrupt lands in here
+            "error": None,
+            "session_peak": self._session_peak,
+            "summary": None,
+        }
+        try:
+            with self._lock:
+                if self._pending is not None:
+                    self._write_window(self._pending)
+            if run is not None:
+                self._write_modules(run)
+            payload = _end_payload(run, exc, self.clock(), self._session_peak)
+        finally:  # the thread stops and the summary is written, interrupted or not
+            try:
+                self._stop_streams()
+            finally:
+                self._write_file(SUMMARY, payload)
+                self._release_directory()
 
     def close(self) -> None:
         """Stop the flusher thread and close the files (no summary; see :meth:`on_close`)."""
+        self._stop_streams()
+        self._release_directory()
+
+    def _release_directory(self) -> None:
+        fd, self._dir_fd = self._dir_fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _stop_streams(self) -> None:
         if self._closed:
             return
         self._closed = True
@@ -418,8 +467,8 @@ class SessionWriter(Observer):
         if self._failed:
             return
         try:
-            write_text_atomic(self._directory / name, dumps(payload))
-        except OSError as error:
+            write_atomic_at(self._dir_fd, name, dumps(payload).encode("utf-8"))
+        except (OSError, ValueError) as error:
             self._fail(error)
 
     def _write_modules(self, run: RunView | None = None) -> None:
@@ -438,9 +487,13 @@ class SessionWriter(Observer):
                 if self._closed:
                     return
                 pending = self._pending
-                if pending is not None and self.clock() - pending.time >= self.interval:
+                now = self.clock()
+                if pending is not None and now - pending.time >= self.interval:
                     self._write_window(pending)
                 self._sync_files()
+                if now - self._heartbeat_at >= HEARTBEAT:
+                    self._heartbeat_at = now
+                    self._samples.touch()
 
     def _sync_files(self, *, close: bool = False) -> None:
         """Flush (or close) both ``.jsonl`` files; lock held. A failure stops the stream."""
@@ -465,18 +518,31 @@ class SessionWriter(Observer):
 
 
 class _RotatingFile:
-    """An append-only text file that is renamed to ``<stem>.1.jsonl`` when it passes a size."""
+    """An append-only text file that is renamed to ``<stem>.1.jsonl`` when it passes a size.
 
-    def __init__(self, path: Path, max_bytes: int) -> None:
-        self.path = path
+    Opened and renamed through the session directory's descriptor with ``O_NOFOLLOW``: a
+    symbolic link put in its place is never followed.
+    """
+
+    def __init__(self, dir_fd: int, name: str, max_bytes: int) -> None:
+        self.dir_fd = dir_fd
+        self.name = name
         self.max_bytes = max_bytes
         self._handle: IO[str] | None = None
         self._size = 0
         self._open()
 
     def _open(self) -> None:
-        self._handle = open(self.path, "a", encoding="utf-8", buffering=64 * 1024)  # noqa: SIM115
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.name, flags, 0o600, dir_fd=self.dir_fd)
+        self._handle = os.fdopen(fd, "a", encoding="utf-8", buffering=64 * 1024)
         self._size = self._handle.tell()
+
+    def touch(self) -> None:
+        """The heartbeat: set the file's modification time to now (readers judge liveness)."""
+        if self._handle is not None:
+            with contextlib.suppress(OSError, ValueError):
+                os.utime(self._handle.fileno())
 
     def write(self, line: str) -> None:
         handle = self._handle
@@ -491,7 +557,8 @@ class _RotatingFile:
         """Close this file, rename it to ``<stem>.1.jsonl`` (replacing the older one), reopen."""
         if self._handle is not None:
             self._handle.close()
-        os.replace(self.path, self.path.with_name(self.path.stem + ".1.jsonl"))
+        stem = self.name.removesuffix(".jsonl")
+        os.replace(self.name, f"{stem}.1.jsonl", src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
         self._open()
 
     def flush(self) -> None:

@@ -7,6 +7,7 @@ steps (module hooks swapped, the dispatch mode pushed) and back.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -58,6 +59,7 @@ class Engine:
         self.hunting = False
         self._hunt_steps_left = 0
         self._optimizer_depth = 0
+        self._owner = threading.get_ident()
         self.phases.register_user_hooks(on_backward_end=self._backward_ended)
 
     # ------------------------------------------------------------------ enter and exit
@@ -79,6 +81,7 @@ class Engine:
         self.phases.reset()
         self.capture.reset()
         self._optimizer_depth = 0
+        self._owner = threading.get_ident()  # hooks count this thread's work only
         state.start_time = time.time()
         state.step_start = time.perf_counter()
         state.active = True
@@ -167,23 +170,56 @@ class Engine:
         self.history.split_now = self.strategy.split
 
     def _install_module_hooks(self, strategy: ExactStrategy | FastStrategy) -> None:
+        # The global module hooks fire in every thread: each tracker counts its own thread's
+        # forwards only (two trackers in two threads each see their own work).
+        owner, pre, post = self._owner, strategy.module_pre, strategy.module_post
+        get_ident = threading.get_ident
+
+        # (under torch.compile the strategy's own hook steps aside: no thread call is traced)
+        def module_pre(module: torch.nn.Module, args: Any) -> Any:
+            if is_compiling() or get_ident() == owner:
+                return pre(module, args)
+            return None
+
+        def module_post(module: torch.nn.Module, args: Any, output: Any) -> Any:
+            if is_compiling() or get_ident() == owner:
+                return post(module, args, output)
+            return None
+
+        self.hooks.add(_MODULE_HOOKS, module_mod.register_module_forward_pre_hook(module_pre))
         self.hooks.add(
-            _MODULE_HOOKS, module_mod.register_module_forward_pre_hook(strategy.module_pre)
-        )
-        self.hooks.add(
-            _MODULE_HOOKS,
-            module_mod.register_module_forward_hook(strategy.module_post, always_call=True),
+            _MODULE_HOOKS, module_mod.register_module_forward_hook(module_post, always_call=True)
         )
 
     def _uninstall(self) -> None:
-        self.capture.detach()
-        self.exact.stop()
-        self.known.clear()
-        self.hooks.remove_all()
+        """Every hook out. Each step runs even if one before it raised or was interrupted
+        (a Ctrl-C landing here); the first such exception is raised again at the end."""
+        first: BaseException | None = None
+        for part in (
+            self.capture.detach,
+            self.exact.stop,
+            self.known.clear,
+            self.hooks.remove_all,
+            self._clear_stacks,
+        ):
+            try:
+                part()
+            except BaseException as error:  # noqa: BLE001 - the other steps must still run
+                first = first or error
+        if first is not None:
+            raise first
+
+    def _clear_stacks(self) -> None:
         state = self.state
         state.module_stack.clear()
         state.backward_stack.clear()
         state.ledger.frames.clear()
+
+    def _mine(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Whether an optimizer step is this tracker's: in its thread, or one it tracks."""
+        if threading.get_ident() == self._owner:
+            return True
+        return any(ref() is optimizer for ref in self.state.optimizer_refs)
 
     # ------------------------------------------------------------------ root and gradients
 
@@ -231,6 +267,8 @@ class Engine:
     def _optimizer_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if Part.OPTIMIZER_HOOKS in self.guard.disabled or not self.state.active:
             return
+        if not self._mine(optimizer):
+            return  # another thread's optimizer (another tracker's work)
         # An optimizer subclass whose step() calls super().step() runs the hooks twice, nested
         # (torch patches each class's step): only the outermost step counts.
         if self.state.phase is not Phase.OPTIMIZER:
@@ -253,6 +291,8 @@ class Engine:
 
     def _optimizer_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if Part.OPTIMIZER_HOOKS in self.guard.disabled or not self.state.active:
+            return
+        if not self._mine(optimizer):
             return
         self._optimizer_depth = max(self._optimizer_depth - 1, 0)
         if self._optimizer_depth:

@@ -150,8 +150,9 @@ class ProcessesTable(RowTable):
 
     def _fill(self) -> None:
         snapshot = self.snapshot
-        if self.border_subtitle != snapshot.process_error:
-            self.border_subtitle = snapshot.process_error
+        subtitle = None if snapshot.process_error is None else Text(snapshot.process_error)
+        if self.border_subtitle != subtitle:
+            self.border_subtitle = subtitle  # plain text, never markup
         rows: list[Row] = []
         for process in sort_processes(snapshot.processes, self.sort):
             pid, user, gpu, memory, command = process_row(process)
@@ -170,8 +171,9 @@ class SessionsTable(RowTable):
     snapshot: reactive[Snapshot] = reactive(EMPTY_SNAPSHOT, always_update=True, repaint=False)
 
     def watch_snapshot(self, snapshot: Snapshot) -> None:
-        if self.border_subtitle != snapshot.session_error:
-            self.border_subtitle = snapshot.session_error
+        subtitle = None if snapshot.session_error is None else Text(snapshot.session_error)
+        if self.border_subtitle != subtitle:
+            self.border_subtitle = subtitle  # plain text, never markup
         self.sync_rows([(s.id, session_row(s), "" if s.live else "dim") for s in snapshot.sessions])
 
     def selected_session(self) -> str | None:

@@ -248,7 +248,7 @@ def render_modules(session: SessionView, limit: int = 8) -> RenderableType:
     table.add_column("module")
     table.add_column("activations", justify="right")
     for name, value in session.modules[:limit]:
-        table.add_row(name, format_bytes(value))
+        table.add_row(Text(name), format_bytes(value))  # a module name is text, not markup
     return table
 
 
@@ -310,12 +310,12 @@ def frame_text(
         highlight=False,
     )
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(snapshot.time))
-    console.print(f"gpumem top  {stamp}")
+    console.print(Text(f"gpumem top  {stamp}"))
     console.print("\nDEVICES")
     console.print(render_devices(snapshot, width))
     console.print("\nPROCESSES")
     if snapshot.process_error:
-        console.print(f"! {snapshot.process_error}")
+        console.print(Text(f"! {snapshot.process_error}"))
     processes = sort_processes(snapshot.processes, sort)
     table = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold")
     for name in ("PID", "USER", "GPU", "MEMORY", "COMMAND"):
@@ -326,7 +326,7 @@ def frame_text(
             overflow="ellipsis",
         )
     for process in processes[:max_processes]:
-        table.add_row(*process_row(process))
+        table.add_row(*map(Text, process_row(process)))  # plain text, never markup
     if processes:
         console.print(table)
         if len(processes) > max_processes:
@@ -335,18 +335,18 @@ def frame_text(
         console.print("none")
     console.print("\nSESSIONS")
     if snapshot.session_error:
-        console.print(f"! {snapshot.session_error}")
+        console.print(Text(f"! {snapshot.session_error}"))
     if snapshot.sessions:
         table = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold")
         for name in ("NAME", "PID", "RANK", "DEVICE", "STEP", "CURRENT", "PEAK", "STATUS"):
             table.add_column(name, no_wrap=True)
         for session in snapshot.sessions:
-            table.add_row(*session_row(session))
+            table.add_row(*map(Text, session_row(session)))
         console.print(table)
         for session in snapshot.sessions:
             alerts = alerts_for(session, snapshot.devices)
             if alerts:
-                console.print(f"\nALERTS {session.meta.name} (pid {_opt(session.meta.pid)})")
+                console.print(Text(f"\nALERTS {session.meta.name} (pid {_opt(session.meta.pid)})"))
                 console.print(render_alerts(session, snapshot.devices))
     elif not snapshot.session_error:
         console.print("none")

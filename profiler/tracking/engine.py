@@ -180,6 +180,7 @@ class Engine:
         state = self.state
         state.module_stack.clear()
         state.backward_stack.clear()
+        state.compiled_depth = 0
         state.ledger.frames.clear()
 
     # ------------------------------------------------------------------ root and gradients

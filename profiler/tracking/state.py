@@ -55,6 +55,8 @@ class EngineState:
         "backward_stack",
         "capacity",
         "checkpointing",
+        "compiled_calls",
+        "compiled_depth",
         "device",
         "end_time",
         "failure",
@@ -148,6 +150,10 @@ class EngineState:
         #: growing cache is a generation in progress (steps may end per token), not a leak.
         self.kv_cache_reused = False
         self.autocast_dtype: torch.dtype | None = None
+        #: Calls of ``torch.compile``'d modules seen (their inner ops run without dispatch).
+        self.compiled_calls = 0
+        #: How many compiled modules are running now (nested ones count each).
+        self.compiled_depth = 0
 
     @property
     def model(self) -> torch.nn.Module | None:

@@ -124,6 +124,9 @@ def test_torch_compile_keeps_working_and_is_measured_per_step(mode: str) -> None
     assert mem.breakdown().loc["gradients", "peak"] == params
     assert {str(s.phase) for s in mem.samples} >= {"forward", "optimizer"}
     assert out.shape == expected.shape
-    # compiled inside the block, in both modes: one graph, and gpumem's hooks broke none
-    assert counters["stats"]["unique_graphs"] == 1
+    # compiled inside the block, and gpumem's hooks broke no graph. dynamo inlines
+    # nn.Sequential's __call__ and guards on the global module hooks: fast mode's sampled step
+    # (global hooks, step 0) and its other steps (root and optimizer hooks only) are two cached
+    # variants of the one program; exact mode has one
+    assert counters["stats"]["unique_graphs"] == (1 if mode == "exact" else 2)
     assert dict(counters["graph_break"]) == {}

@@ -28,7 +28,13 @@ from profiler.tracking.options import Options, device_filter
 from profiler.tracking.phases import TENSOR_HOOKS, PhaseTracker, is_compiling
 from profiler.tracking.state import INCL, INCL_MAX, OWN, OWN_MAX, EngineState, Mode
 
-__all__ = ["Engine"]
+__all__ = ["MODULE_SAMPLE_EVERY", "Engine"]
+
+#: Fast mode attributes memory to modules on every this many steps (steps 0, N, 2N...), by
+#: running the exact strategy for that step; the other steps have hooks on the root module and
+#: the optimizer only. 0: fast mode's own module hooks on every step (counter reads per module
+#: where the counter is cheap), as without a model.
+MODULE_SAMPLE_EVERY = 100
 
 #: Hook groups: the strategy's global module hooks (swapped by a hunt), and the rest.
 _MODULE_HOOKS = "module"
@@ -58,6 +64,7 @@ class Engine:
         self.hunting = False
         self._hunt_steps_left = 0
         self._optimizer_depth = 0
+        self._grads_claimed = False
         self.phases.register_user_hooks(on_backward_end=self._backward_ended)
 
     # ------------------------------------------------------------------ enter and exit
@@ -90,6 +97,11 @@ class Engine:
             self.strategy = self.fast if state.mode is Mode.FAST else self.exact
             if state.mode is Mode.FAST:
                 self.fast.start()
+                if model is not None and MODULE_SAMPLE_EVERY > 0:
+                    # per-module figures from the exact strategy on sampled steps, step 0 first
+                    state.module_every = MODULE_SAMPLE_EVERY
+                    state.module_frames = True
+                    self.strategy = self.exact
             self._install(model)
             self.capture.attach()
         except BaseException:
@@ -101,6 +113,19 @@ class Engine:
         """The observers are in place: the start event and the first sample."""
         state = self.state
         self.history.emit(Event(time.time(), 0, EventKind.START, f"tracking {state.name}", {}))
+        if state.module_every:
+            every = state.module_every
+            self.history.emit(
+                Event(
+                    time.time(),
+                    0,
+                    EventKind.WARNING,
+                    f"fast mode: per-module figures come from steps 0, {every}, {2 * every}... "
+                    "(the exact ledger runs on those steps; the others hook the root module and "
+                    "the optimizer only)",
+                    {"module_every": every},
+                )
+            )
         self.history.sample()
 
     def _resolve(self) -> None:
@@ -161,9 +186,16 @@ class Engine:
                     )
         if self.strategy is self.exact:
             self.exact.start()
-        self.history.split_now = self.strategy.split
+        self.history.split_now = self._split_for(self.strategy)
+
+    def _split_for(self, strategy: ExactStrategy | FastStrategy) -> Any:
+        # Fast mode keeps its counter's split on the steps the exact strategy runs for (sampled
+        # modules, a leak hunt): one consistent total, the categories the ledger saw exactly.
+        return self.fast.split if self.state.mode is Mode.FAST else strategy.split
 
     def _install_module_hooks(self, strategy: ExactStrategy | FastStrategy) -> None:
+        if strategy is self.fast and self.state.module_every:
+            return  # root and optimizer hooks only
         self.hooks.add(
             _MODULE_HOOKS, module_mod.register_module_forward_pre_hook(strategy.module_pre)
         )
@@ -189,6 +221,7 @@ class Engine:
         if is_compiling():
             return None  # traced by torch.compile: stay out of the graph (no graph break)
         try:
+            self.phases.forward_starts()  # no-op where a global module hook saw it first
             self.known.observe_inputs(args, kwargs)
         except Exception as error:
             self.guard.fail(Part.INPUTS, error)
@@ -202,6 +235,8 @@ class Engine:
                 # fast mode's one backward hook: the root output's gradient starts the backward
                 self.exact.hook_first(self.state.module_name(module), output, starting=True)
             self.known.observe_output(output)
+            if not self.state.module_stack:
+                self.phases.forward_ends()  # no-op where a global module hook saw it first
         except Exception as error:
             self.guard.fail(Part.KV_CACHE, error)
         return None
@@ -217,8 +252,9 @@ class Engine:
             self.guard.fail(Part.GRADIENT_HOOKS, error)
 
     def _backward_ended(self) -> None:
-        if self.state.mode is Mode.FAST:
+        if self.state.mode is Mode.FAST and not self._grads_claimed:
             self.known.claim_model_grads()
+            self._grads_claimed = True  # one claim per step
         self.exact.close_backward_frames()
 
     # ------------------------------------------------------------------ optimizer and steps
@@ -237,10 +273,11 @@ class Engine:
             self.known.adopt_optimizer(optimizer)
             if self.state.phase is Phase.BACKWARD:
                 self.phases.finish_backward()
-            elif self.state.mode is Mode.FAST:
+            elif self.state.mode is Mode.FAST and not self._grads_claimed:
                 # no backward end seen (a compiled model's root hooks are traced away): the
                 # gradients are claimed here, before the step reads them
                 self.known.claim_model_grads()
+                self._grads_claimed = True
             self.known.scan_optimizers(opt_state=False)
             self.phases.set_phase(Phase.OPTIMIZER)
         except Exception as error:
@@ -253,7 +290,9 @@ class Engine:
         if self._optimizer_depth:
             return
         try:
-            self.known.scan_optimizers(grads=False)
+            # fast mode rescans the state only when it changed size (new state, new groups)
+            lean = self.state.mode is Mode.FAST and self.strategy is self.fast
+            self.known.scan_optimizers(grads=False, changed_only=lean)
             self.end_step(Phase.OPTIMIZER)
             self.phases.set_phase(Phase.IDLE)
         except Exception as error:
@@ -263,7 +302,7 @@ class Engine:
         """End a step by hand (inference loops; training steps end at ``optimizer.step()``)."""
         if not self.state.active:
             raise TrackingError("mem.step() outside the `with track_memory(...)` block")
-        self.known.scan_kv_caches()
+        self.known.scan_kv_caches(once=True)  # what a forward's end walked is not walked again
         self.end_step()
 
     def end_step(self, phase: Phase | None = None) -> None:
@@ -277,11 +316,16 @@ class Engine:
         state.step += 1
         state.ledger.step = state.step
         state.step_start = now
+        self._grads_claimed = False
+        self.known.new_step()
         self.history.notify("on_step", record)
         if self._hunt_steps_left:
             self._hunt_steps_left -= 1
             if not self._hunt_steps_left:
                 self._end_hunt()
+        every = state.module_every
+        if every and not self.hunting and state.active:
+            self._swap(self.exact if state.step % every == 0 else self.fast)
 
     def fold_step_modules(self) -> None:
         """Fold this step's per-module activations into each module's most in any step."""
@@ -332,7 +376,7 @@ class Engine:
             self.exact.stop()
         self.strategy = strategy
         self._install_module_hooks(strategy)
-        self.history.split_now = strategy.split
+        self.history.split_now = self._split_for(strategy)
 
     # ------------------------------------------------------------------ reading
 

@@ -14,7 +14,6 @@ from profiler.backends import cuda
 from profiler.records import (
     AllocatorReading,
     Event,
-    EventKind,
     NvmlReading,
     Phase,
     Sample,
@@ -108,16 +107,9 @@ class History:
             peak=step_peak,
             peak_bytes=peak_bytes,
         )
+        # No event per step: observers get the record itself (``on_step``); an event a step
+        # would be one more long-lived object for the garbage collector to walk.
         self.steps.append(record)
-        self.emit(
-            Event(
-                record.time,
-                state.step,
-                EventKind.STEP_END,
-                f"step {state.step}",
-                {"total": record.total, "peak": step_peak, "duration": record.duration},
-            )
-        )
         return record
 
     def sample_records(self) -> list[Sample]:

@@ -68,6 +68,7 @@ class EngineState:
         "mode",
         "model_class",
         "model_ref",
+        "module_every",
         "module_frames",
         "module_stack",
         "module_stats",
@@ -141,6 +142,8 @@ class EngineState:
         self.names: dict[int, str] = {}
         self.module_stats: dict[str, ModuleStats] = {}
         self.module_frames = True  # per-module boundary reads (off in fast mode, slow counter)
+        #: Fast mode: per-module figures from every this many steps (0: from every step).
+        self.module_every = 0
         self.failure: Failure | None = None
         self.observed_batch: int | None = None
         self.observed_seq: int | None = None
@@ -215,7 +218,7 @@ class EngineState:
     def module_activity(self) -> list[ModuleActivity]:
         """One record per module seen, in the order first seen (``None``: not measured)."""
         measured = self.module_frames
-        exact = self.mode is Mode.EXACT
+        exact = self.mode is Mode.EXACT or self.module_every > 0
         return [
             ModuleActivity(
                 name=name,

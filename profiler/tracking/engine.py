@@ -17,6 +17,7 @@ from torch.nn.modules import module as module_mod
 from profiler.errors import TrackingError
 from profiler.ledger import Ledger
 from profiler.records import Event, EventKind, Phase
+from profiler.tracking import fast as fast_mod
 from profiler.tracking.capture import FailureCapture
 from profiler.tracking.exact import ExactStrategy
 from profiler.tracking.fast import FastStrategy
@@ -134,6 +135,17 @@ class Engine:
         model = state.model
         state.device = options.resolve_device(model)
         state.mode = options.resolve_mode(state.device)
+        if (
+            state.mode is Mode.FAST
+            and state.device.type != "cuda"
+            and not fast_mod.CPU_HEAP_COUNTER
+        ):
+            self.guard.warn_once(
+                "fast-off-cuda",
+                f"fast mode has no tensor-only counter on {state.device.type} (glibc's heap "
+                "counter sees the whole process): measuring in exact mode",
+            )
+            state.mode = Mode.EXACT
         state.rounding = options.resolve_rounding(state.device)
         state.wanted = device_filter(state.device)
         state.on_cuda = state.device.type == "cuda"

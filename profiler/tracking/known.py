@@ -8,7 +8,6 @@ or returns one.
 
 from __future__ import annotations
 
-import contextlib
 import weakref
 from typing import Any
 
@@ -223,8 +222,13 @@ class KnownTensors:
                 self._claim_kv(obj)
             return
         # Tuples and lists cannot be weakly referenced: what they hold is charged now.
-        with contextlib.suppress(TypeError):
+        try:
             self._kv_refs.append(weakref.ref(obj))
+        except TypeError:
+            pass
+        else:
+            if not again:
+                return  # handed to the model: walked at the forward's end
         self._claim_kv(obj)
 
     def kv_caches(self) -> list[Any]:

@@ -130,3 +130,25 @@ def test_torch_compile_keeps_working_and_is_measured_per_step(mode: str) -> None
     # variants of the one program; exact mode has one
     assert counters["stats"]["unique_graphs"] == (1 if mode == "exact" else 2)
     assert dict(counters["graph_break"]) == {}
+
+
+def test_tracking_touches_no_deprecated_transformers_attribute(monkeypatch) -> None:
+    from transformers.utils import generic
+
+    warned: list[str] = []
+    monkeypatch.setattr(
+        generic.logger, "warning_once", lambda message, *a, **k: warned.append(message)
+    )
+    model = tiny_gpt2()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    ids = torch.randint(1, 1000, (2, 16))
+    # the check itself can fail: asking a ModelOutput for the old name logs
+    assert "past_key_values" not in model(ids, use_cache=False)
+    assert warned and not warned.clear()
+    with track_memory(model, optimizer, stream=False) as mem:
+        model(ids, labels=ids).loss.backward()  # training: no cache returned
+        optimizer.step()
+        with torch.no_grad():
+            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3)
+    assert warned == []
+    assert mem.breakdown().loc["kv_cache", "peak"] > 0

@@ -195,10 +195,7 @@ def test_a_leak_hunt_swaps_in_the_exact_ledger_and_back(scripted) -> None:
         optimizer.step()
         optimizer.zero_grad()
         assert engine.strategy is engine.fast and not engine.exact.on and not mem.hunting
-        # the hunt's steps keep the counter's total (one timeline), the ledger's categories in it
-        assert counter.reads > reads
-        assert forward_ends(mem.samples)[1].total == BASE + weight_bytes(model) + ACT
-        reads = counter.reads
+        assert counter.reads == reads  # the exact ledger measured the hunt's steps
         model(x).sum().backward()
         optimizer.step()
         optimizer.zero_grad()

@@ -201,9 +201,12 @@ class Engine:
         self.history.split_now = self._split_for(self.strategy)
 
     def _split_for(self, strategy: ExactStrategy | FastStrategy) -> Any:
-        # Fast mode keeps its counter's split on the steps the exact strategy runs for (sampled
-        # modules, a leak hunt): one consistent total, the categories the ledger saw exactly.
-        return self.fast.split if self.state.mode is Mode.FAST else strategy.split
+        # Fast mode keeps its counter's split on its sampled steps (one consistent total, the
+        # categories the ledger saw exactly); a leak hunt measures with the ledger alone (the
+        # growth it sizes is the ledger's, not the counter's).
+        if self.state.mode is Mode.FAST and not self.hunting:
+            return self.fast.split
+        return strategy.split
 
     def _install_module_hooks(self, strategy: ExactStrategy | FastStrategy) -> None:
         if strategy is self.fast and self.state.module_every:
@@ -360,6 +363,7 @@ class Engine:
         self._hunt_steps_left = steps
         if state.mode is Mode.FAST:
             self._swap(self.exact)
+        self.history.split_now = self._split_for(self.strategy)
         # Called from a step-end observer, the countdown includes the step ending now.
         what = "exact mode on" if state.mode is Mode.FAST else "recording creation sites"
         self.history.emit(
@@ -377,6 +381,7 @@ class Engine:
         self.state.ledger.record_sites = False
         if self.state.mode is Mode.FAST:
             self._swap(self.fast)
+        self.history.split_now = self._split_for(self.strategy)
 
     def _swap(self, strategy: ExactStrategy | FastStrategy) -> None:
         if strategy is self.strategy:

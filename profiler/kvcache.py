@@ -87,7 +87,12 @@ def find_caches(value: Any) -> list[Any]:
     # transformers 5.2x names the output's cache ``cache``; earlier releases ``past_key_values``
     # (asking a newer ModelOutput for the old name logs a deprecation, so look before asking).
     for key in _CACHE_KEYS:
-        if isinstance(value, Mapping):
+        if isinstance(value, dict):
+            # dict's own lookup: a ModelOutput's ``in`` maps the old names to ``cache`` and logs
+            if dict.__contains__(value, key):
+                past = dict.__getitem__(value, key)
+                break
+        elif isinstance(value, Mapping):
             if key in value:
                 past = value[key]
                 break

@@ -289,7 +289,7 @@ class MemoryTracker:
     @property
     def steps(self) -> list[StepRecord]:
         """One record per finished step (bounded like :attr:`samples`)."""
-        return list(self._engine.history.steps.items)
+        return self._engine.history.step_records()
 
     @property
     def peaks(self) -> Peaks:

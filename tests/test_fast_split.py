@@ -17,6 +17,7 @@ from torch import nn
 
 from profiler import track_memory
 from profiler.records import CATEGORIES, Category, Phase
+from profiler.tracking import engine as engine_module
 from profiler.tracking import fast as fast_module
 
 BASE = 3 * 1024 * 1024  # what the process held before the block (the counter's "other")
@@ -83,6 +84,9 @@ def scripted(monkeypatch: pytest.MonkeyPatch) -> tuple[nn.Module, ScriptedCounte
     monkeypatch.setattr(fast_module, "heap_bytes_reader", lambda: counter)
     # per-module reads are chosen by timing the counter; make the choice deterministic here
     monkeypatch.setattr(fast_module, "MODULE_READ_BUDGET", 1.0)
+    # the counter's split itself: fast mode's own module hooks on every step (no sampled steps
+    # on which the exact ledger would charge real tensors the scripted counter does not hold)
+    monkeypatch.setattr(engine_module, "MODULE_SAMPLE_EVERY", 0)
     return model, counter
 
 

@@ -124,6 +124,31 @@ def test_torch_compile_keeps_working_and_is_measured_per_step(mode: str) -> None
     assert mem.breakdown().loc["gradients", "peak"] == params
     assert {str(s.phase) for s in mem.samples} >= {"forward", "optimizer"}
     assert out.shape == expected.shape
-    if mode == "fast":  # compiled inside the block: one graph, and gpumem's hooks broke none
-        assert counters["stats"]["unique_graphs"] == 1
+    # compiled inside the block, and gpumem's hooks broke no graph. dynamo inlines
+    # nn.Sequential's __call__ and guards on the global module hooks: fast mode's sampled step
+    # (global hooks, step 0) and its other steps (root and optimizer hooks only) are two cached
+    # variants of the one program; exact mode has one
+    assert counters["stats"]["unique_graphs"] == (1 if mode == "exact" else 2)
     assert dict(counters["graph_break"]) == {}
+
+
+def test_tracking_touches_no_deprecated_transformers_attribute(monkeypatch) -> None:
+    from transformers.utils import generic
+
+    warned: list[str] = []
+    monkeypatch.setattr(
+        generic.logger, "warning_once", lambda message, *a, **k: warned.append(message)
+    )
+    model = tiny_gpt2()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    ids = torch.randint(1, 1000, (2, 16))
+    # the check itself can fail: asking a ModelOutput for the old name logs
+    assert "past_key_values" not in model(ids, use_cache=False)
+    assert warned and not warned.clear()
+    with track_memory(model, optimizer, stream=False) as mem:
+        model(ids, labels=ids).loss.backward()  # training: no cache returned
+        optimizer.step()
+        with torch.no_grad():
+            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3)
+    assert warned == []
+    assert mem.breakdown().loc["kv_cache", "peak"] > 0

@@ -16,9 +16,9 @@ from typing import Any
 
 from profiler.backends import cuda
 from profiler.errors import BackendUnavailable
-from profiler.records import Failure, FailureSource, Sample
+from profiler.records import Failure, FailureSource
 from profiler.tracking.guard import Guard, Part
-from profiler.tracking.history import History
+from profiler.tracking.history import History, sample_record
 from profiler.tracking.state import EngineState
 
 __all__ = ["MAX_LIVE", "FailureCapture", "parse_cuda_oom"]
@@ -53,7 +53,7 @@ class FailureCapture:
         snapshot: Any = None,
     ) -> Failure:
         """Take the sample at the failure, then build and keep the failure around it."""
-        sample = Sample(*self.history.sample(readings=readings))
+        sample = sample_record(self.history.sample(readings=readings))
         failure = Failure(
             source=source,
             sample=sample,

@@ -18,6 +18,7 @@ from torch.nn.modules import module as module_mod
 from profiler.errors import TrackingError
 from profiler.ledger import GRADIENTS, Ledger
 from profiler.records import Event, EventKind, Phase
+from profiler.tracking import fast as fast_mod
 from profiler.tracking.capture import FailureCapture
 from profiler.tracking.exact import ExactStrategy
 from profiler.tracking.fast import FastStrategy
@@ -29,7 +30,13 @@ from profiler.tracking.options import Options, device_filter
 from profiler.tracking.phases import TENSOR_HOOKS, PhaseTracker, is_compiling
 from profiler.tracking.state import INCL, INCL_MAX, OWN, OWN_MAX, EngineState, Mode
 
-__all__ = ["Engine"]
+__all__ = ["MODULE_SAMPLE_EVERY", "Engine"]
+
+#: Fast mode attributes memory to modules on every this many steps (steps 0, N, 2N...), by
+#: running the exact strategy for that step; the other steps have hooks on the root module and
+#: the optimizer only. 0: fast mode's own module hooks on every step (counter reads per module
+#: where the counter is cheap), as without a model.
+MODULE_SAMPLE_EVERY = 100
 
 #: Hook groups: the strategy's global module hooks (swapped by a hunt), and the rest.
 _MODULE_HOOKS = "module"
@@ -59,7 +66,7 @@ class Engine:
         self.hunting = False
         self._hunt_steps_left = 0
         self._optimizer_depth = 0
-        self._owner = threading.get_ident()
+        self._grads_claimed = False
         self.phases.register_user_hooks(on_backward_end=self._backward_ended)
 
     # ------------------------------------------------------------------ enter and exit
@@ -81,7 +88,7 @@ class Engine:
         self.phases.reset()
         self.capture.reset()
         self._optimizer_depth = 0
-        self._owner = threading.get_ident()  # hooks count this thread's work only
+        state.thread = threading.get_ident()  # hooks count this thread's work only
         state.start_time = time.time()
         state.step_start = time.perf_counter()
         state.active = True
@@ -93,6 +100,11 @@ class Engine:
             self.strategy = self.fast if state.mode is Mode.FAST else self.exact
             if state.mode is Mode.FAST:
                 self.fast.start()
+                if model is not None and MODULE_SAMPLE_EVERY > 0:
+                    # per-module figures from the exact strategy on sampled steps, step 0 first
+                    state.module_every = MODULE_SAMPLE_EVERY
+                    state.module_frames = True
+                    self.strategy = self.exact
             self._install(model)
             self.capture.attach()
             if options.history:
@@ -106,6 +118,19 @@ class Engine:
         """The observers are in place: the start event and the first sample."""
         state = self.state
         self.history.emit(Event(time.time(), 0, EventKind.START, f"tracking {state.name}", {}))
+        if state.module_every:
+            every = state.module_every
+            self.history.emit(
+                Event(
+                    time.time(),
+                    0,
+                    EventKind.WARNING,
+                    f"fast mode: per-module figures come from steps 0, {every}, {2 * every}... "
+                    "(the exact ledger runs on those steps; the others hook the root module and "
+                    "the optimizer only)",
+                    {"module_every": every},
+                )
+            )
         self.history.sample()
 
     def _resolve(self) -> None:
@@ -114,6 +139,17 @@ class Engine:
         model = state.model
         state.device = options.resolve_device(model)
         state.mode = options.resolve_mode(state.device)
+        if (
+            state.mode is Mode.FAST
+            and state.device.type != "cuda"
+            and not fast_mod.CPU_HEAP_COUNTER
+        ):
+            self.guard.warn_once(
+                "fast-off-cuda",
+                f"fast mode has no tensor-only counter on {state.device.type} (glibc's heap "
+                "counter sees the whole process): measuring in exact mode",
+            )
+            state.mode = Mode.EXACT
         state.rounding = options.resolve_rounding(state.device)
         state.wanted = device_filter(state.device)
         state.on_cuda = state.device.type == "cuda"
@@ -167,28 +203,28 @@ class Engine:
                     )
         if self.strategy is self.exact:
             self.exact.start()
-        self.history.split_now = self.strategy.split
+        self.history.split_now = self._split_for(self.strategy)
+
+    def _split_for(self, strategy: ExactStrategy | FastStrategy) -> Any:
+        # Fast mode keeps its counter's split on its sampled steps (one consistent total, the
+        # categories the ledger saw exactly); a leak hunt measures with the ledger alone (the
+        # growth it sizes is the ledger's, not the counter's).
+        if self.state.mode is Mode.FAST and not self.hunting:
+            return self.fast.split
+        return strategy.split
 
     def _install_module_hooks(self, strategy: ExactStrategy | FastStrategy) -> None:
-        # The global module hooks fire in every thread: each tracker counts its own thread's
-        # forwards only (two trackers in two threads each see their own work).
-        owner, pre, post = self._owner, strategy.module_pre, strategy.module_post
-        get_ident = threading.get_ident
-
-        # (under torch.compile the strategy's own hook steps aside: no thread call is traced)
-        def module_pre(module: torch.nn.Module, args: Any) -> Any:
-            if is_compiling() or get_ident() == owner:
-                return pre(module, args)
-            return None
-
-        def module_post(module: torch.nn.Module, args: Any, output: Any) -> Any:
-            if is_compiling() or get_ident() == owner:
-                return post(module, args, output)
-            return None
-
-        self.hooks.add(_MODULE_HOOKS, module_mod.register_module_forward_pre_hook(module_pre))
+        # The global module hooks fire in every thread: the strategies count their own thread's
+        # forwards only (state.thread, set at entry), so two trackers in two threads each see
+        # their own work.
+        if strategy is self.fast and self.state.module_every:
+            return  # root and optimizer hooks only
         self.hooks.add(
-            _MODULE_HOOKS, module_mod.register_module_forward_hook(module_post, always_call=True)
+            _MODULE_HOOKS, module_mod.register_module_forward_pre_hook(strategy.module_pre)
+        )
+        self.hooks.add(
+            _MODULE_HOOKS,
+            module_mod.register_module_forward_hook(strategy.module_post, always_call=True),
         )
 
     def _uninstall(self) -> None:
@@ -213,11 +249,12 @@ class Engine:
         state = self.state
         state.module_stack.clear()
         state.backward_stack.clear()
+        state.compiled_depth = 0
         state.ledger.frames.clear()
 
     def _mine(self, optimizer: torch.optim.Optimizer) -> bool:
         """Whether an optimizer step is this tracker's: in its thread, or one it tracks."""
-        if threading.get_ident() == self._owner:
+        if threading.get_ident() == self.state.thread:
             return True
         return any(ref() is optimizer for ref in self.state.optimizer_refs)
 
@@ -227,6 +264,7 @@ class Engine:
         if is_compiling():
             return None  # traced by torch.compile: stay out of the graph (no graph break)
         try:
+            self.phases.forward_starts()  # no-op where a global module hook saw it first
             self.known.observe_inputs(args, kwargs)
         except Exception as error:
             self.guard.fail(Part.INPUTS, error)
@@ -240,6 +278,8 @@ class Engine:
                 # fast mode's one backward hook: the root output's gradient starts the backward
                 self.exact.hook_first(self.state.module_name(module), output, starting=True)
             self.known.observe_output(output)
+            if not self.state.module_stack:
+                self.phases.forward_ends()  # no-op where a global module hook saw it first
         except Exception as error:
             self.guard.fail(Part.KV_CACHE, error)
         return None
@@ -258,8 +298,9 @@ class Engine:
             self.guard.fail(Part.GRADIENT_HOOKS, error)
 
     def _backward_ended(self) -> None:
-        if self.state.mode is Mode.FAST:
+        if self.state.mode is Mode.FAST and not self._grads_claimed:
             self.known.claim_model_grads()
+            self._grads_claimed = True  # one claim per step
         self.exact.close_backward_frames()
 
     # ------------------------------------------------------------------ optimizer and steps
@@ -280,10 +321,11 @@ class Engine:
             self.known.adopt_optimizer(optimizer)
             if self.state.phase is Phase.BACKWARD:
                 self.phases.finish_backward()
-            elif self.state.mode is Mode.FAST:
+            elif self.state.mode is Mode.FAST and not self._grads_claimed:
                 # no backward end seen (a compiled model's root hooks are traced away): the
                 # gradients are claimed here, before the step reads them
                 self.known.claim_model_grads()
+                self._grads_claimed = True
             self.known.scan_optimizers(opt_state=False)
             self.phases.set_phase(Phase.OPTIMIZER)
         except Exception as error:
@@ -298,7 +340,9 @@ class Engine:
         if self._optimizer_depth:
             return
         try:
-            self.known.scan_optimizers(grads=False)
+            # fast mode rescans the state only when it changed size (new state, new groups)
+            lean = self.state.mode is Mode.FAST and self.strategy is self.fast
+            self.known.scan_optimizers(grads=False, changed_only=lean)
             self.end_step(Phase.OPTIMIZER)
             self.phases.set_phase(Phase.IDLE)
         except Exception as error:
@@ -308,7 +352,7 @@ class Engine:
         """End a step by hand (inference loops; training steps end at ``optimizer.step()``)."""
         if not self.state.active:
             raise TrackingError("mem.step() outside the `with track_memory(...)` block")
-        self.known.scan_kv_caches()
+        self.known.scan_kv_caches(once=True)  # what a forward's end walked is not walked again
         self.end_step()
 
     def end_step(self, phase: Phase | None = None) -> None:
@@ -322,11 +366,16 @@ class Engine:
         state.step += 1
         state.ledger.step = state.step
         state.step_start = now
+        self._grads_claimed = False
+        self.known.new_step()
         self.history.notify("on_step", record)
         if self._hunt_steps_left:
             self._hunt_steps_left -= 1
             if not self._hunt_steps_left:
                 self._end_hunt()
+        every = state.module_every
+        if every and not self.hunting and state.active:
+            self._swap(self.exact if state.step % every == 0 else self.fast)
 
     def fold_step_modules(self) -> None:
         """Fold this step's per-module activations into each module's most in any step."""
@@ -349,6 +398,7 @@ class Engine:
         self._hunt_steps_left = steps
         if state.mode is Mode.FAST:
             self._swap(self.exact)
+        self.history.split_now = self._split_for(self.strategy)
         # Called from a step-end observer, the countdown includes the step ending now.
         what = "exact mode on" if state.mode is Mode.FAST else "recording creation sites"
         self.history.emit(
@@ -366,6 +416,7 @@ class Engine:
         self.state.ledger.record_sites = False
         if self.state.mode is Mode.FAST:
             self._swap(self.fast)
+        self.history.split_now = self._split_for(self.strategy)
 
     def _swap(self, strategy: ExactStrategy | FastStrategy) -> None:
         if strategy is self.strategy:
@@ -377,7 +428,7 @@ class Engine:
             self.exact.stop()
         self.strategy = strategy
         self._install_module_hooks(strategy)
-        self.history.split_now = strategy.split
+        self.history.split_now = self._split_for(strategy)
 
     # ------------------------------------------------------------------ reading
 

@@ -7,12 +7,19 @@ go of it. Module hooks keep per-module frames (peaks above the module's start) a
 hooks on module inputs and outputs whose gradients mark each module's backward start and end.
 
 Cost: a few microseconds per op (~2-4x on a step of tiny ops, a few percent on big ones).
-Known limit: kernels inside a ``torch.compile``'d region allocate without Python dispatch, so
-only what runs eagerly is seen there.
+
+Compiled code stays compiled: the dispatch mode says ``ignore_compile_internals``, so dynamo
+neither skips frames while it is on the stack nor marks their code as never to compile. Kernels
+inside a compiled region allocate without Python dispatch; at the boundaries of a compiled module
+(``torch.compile(module)``) its unseen inputs are charged as other and its outputs as temporaries,
+and what autograd saves inside it is an activation of that module (the pack hook sees it). Its
+scratch between two boundaries is not seen (fast mode's allocator peak sees it on CUDA).
 """
 
 from __future__ import annotations
 
+import sys
+import time
 import weakref
 from collections.abc import Iterable
 from threading import get_ident
@@ -22,7 +29,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from profiler.ledger import ACTIVATIONS, OTHER, TEMPORARIES, WEIGHTS, Ledger, StorageEntry
-from profiler.records import Phase
+from profiler.records import Event, EventKind, Phase
 from profiler.tracking.guard import Guard, Part
 from profiler.tracking.hooks import HookSet
 from profiler.tracking.phases import TENSOR_HOOKS, PhaseTracker, graph_task_id, is_compiling
@@ -130,6 +137,8 @@ class ExactStrategy:
             if stats is None:
                 stats = state.module_stats[name] = new_module_stats()
             stats[CALLS] += 1
+            if type(module) is _optimized_module_class():
+                self._compiled_enters(args)
             if not state.module_frames:
                 return None
             total = ledger.total
@@ -154,6 +163,9 @@ class ExactStrategy:
                 return None
             name = stack.pop()
             ledger = state.ledger
+            if state.compiled_depth and type(module) is _optimized_module_class():
+                state.compiled_depth -= 1
+                self._charge_unseen(output, TEMPORARIES)
             stats = state.module_stats.get(name) if state.module_frames else None
             if stats is not None:
                 peak = ledger.pop_frame() if ledger.frames else 0
@@ -167,6 +179,31 @@ class ExactStrategy:
         except Exception as error:
             self.guard.fail(Part.MODULE_HOOKS, error)
         return None
+
+    def _compiled_enters(self, args: Any) -> None:
+        """A compiled module starts: its inputs not seen yet existed before (other)."""
+        state = self.state
+        state.compiled_depth += 1
+        state.compiled_calls += 1
+        self._charge_unseen(args, OTHER)
+        if state.compiled_calls == 1 and self.phases.history is not None:
+            self.phases.history.emit(
+                Event(
+                    time.time(),
+                    state.step,
+                    EventKind.WARNING,
+                    "a torch.compile'd module ran: exact mode sees what it saves for backward "
+                    "and returns, not its scratch inside the compiled kernels",
+                    {"compiled": True},
+                )
+            )
+
+    def _charge_unseen(self, value: Any, cat: int) -> None:
+        ledger = self.state.ledger
+        wanted = self.state.wanted
+        for tensor in tensors_in(value):
+            if wanted is None or wanted(tensor):
+                ledger.add_tensor(tensor, cat)
 
     def hook_first(self, name: str, value: Any, *, starting: bool) -> None:
         """A tensor hook on the first tensor of ``value`` that requires grad: its gradient marks
@@ -230,7 +267,13 @@ class ExactStrategy:
             ledger = state.ledger
             entry = ledger.entries.get(tensor.untyped_storage()._cdata)
             if entry is None:
-                return tensor
+                # Unseen: made by a compiled region's kernels (no dispatch there); elsewhere a
+                # tensor from before the block that no op has touched yet.
+                if not state.compiled_depth or not state.is_wanted(tensor):
+                    return tensor
+                entry = ledger.add_tensor(tensor, TEMPORARIES)
+                if entry is None:
+                    return tensor
             if entry.cat == ACTIVATIONS:
                 entry.saves += 1
                 return _Saved(tensor, entry, ledger)
@@ -253,6 +296,12 @@ class ExactStrategy:
         return tensor
 
 
+def _optimized_module_class() -> type | None:
+    """dynamo's ``OptimizedModule`` once dynamo is imported (no module is one before)."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    return getattr(eval_frame, "OptimizedModule", None) if eval_frame is not None else None
+
+
 class _LedgerMode(TorchDispatchMode):
     """Charges every storage an op creates or touches to the ledger (exact mode's hot path).
 
@@ -261,6 +310,15 @@ class _LedgerMode(TorchDispatchMode):
     (or came from elsewhere) and are charged as other. Views and in-place results share a known
     storage and cost one dict lookup.
     """
+
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        """Let dynamo compile and run compiled code while the ledger is on the stack.
+
+        Without this, dynamo skips every frame while a dispatch mode is active and marks its code
+        as not to be compiled again: the program would stay eager after the block.
+        """
+        return True
 
     def __init__(self, strategy: ExactStrategy) -> None:
         super().__init__()

@@ -1,7 +1,9 @@
 """What the engine recorded: bounded samples and steps, the events, and the observers fed them.
 
-The hot path keeps samples as plain tuples in :class:`~profiler.records.Sample`'s field order; a
-record is built only for observers and when someone reads :attr:`History.sample_records`.
+The hot path keeps samples and step records as plain tuples in their record's field order (the
+phase as its plain string), so that the garbage collector untracks them: a long run's records
+never make it walk the heap (no full collection caused by the tracker). A record is built only for
+observers and when someone reads :meth:`History.sample_records` or :meth:`History.step_records`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from profiler.backends import cuda
 from profiler.records import (
     AllocatorReading,
     Event,
-    EventKind,
     NvmlReading,
     Phase,
     Sample,
@@ -29,6 +30,14 @@ __all__ = ["MAX_EVENTS", "BoundedLog", "History"]
 MAX_EVENTS = 10_000
 #: NVML is read at most this often (seconds): a query costs tens of microseconds.
 _NVML_INTERVAL = 0.5
+_PHASES = {str(phase.value): phase for phase in Phase}
+
+
+def sample_record(sample: tuple[Any, ...]) -> Sample:
+    """The :class:`~profiler.records.Sample` of a kept sample tuple."""
+    return Sample(
+        sample[0], sample[1], _PHASES[sample[2]], sample[3], sample[4], sample[5], *sample[6:]
+    )
 
 
 class BoundedLog:
@@ -82,7 +91,7 @@ class History:
         sample = (
             time.time(),
             state.step,
-            phase or state.phase,
+            (phase or state.phase).value,
             state.innermost_module(),
             tuple(split),
             sum(split),
@@ -91,7 +100,7 @@ class History:
         )
         self.samples.append(sample)
         if self.observers:
-            self.notify("on_sample", Sample(*sample))
+            self.notify("on_sample", sample_record(sample))
         return sample
 
     def record_step(self, phase: Phase | None, now: float) -> StepRecord:
@@ -108,21 +117,21 @@ class History:
             peak=step_peak,
             peak_bytes=peak_bytes,
         )
-        self.steps.append(record)
-        self.emit(
-            Event(
-                record.time,
-                state.step,
-                EventKind.STEP_END,
-                f"step {state.step}",
-                {"total": record.total, "peak": step_peak, "duration": record.duration},
-            )
+        # No event per step: observers get the record itself (``on_step``); an event a step
+        # would be one more long-lived object for the garbage collector to walk.
+        self.steps.append(
+            (record.step, record.time, record.duration, record.bytes, record.total)
+            + (record.peak, record.peak_bytes)
         )
         return record
 
     def sample_records(self) -> list[Sample]:
         """The samples kept, as records."""
-        return [Sample(*sample) for sample in self.samples.items]
+        return [sample_record(sample) for sample in self.samples.items]
+
+    def step_records(self) -> list[StepRecord]:
+        """The step records kept."""
+        return [StepRecord(*step) for step in self.steps.items]
 
     def last_total(self) -> int:
         """The total of the latest sample (0 before the first)."""

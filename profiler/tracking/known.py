@@ -8,7 +8,6 @@ or returns one.
 
 from __future__ import annotations
 
-import contextlib
 import weakref
 from typing import Any
 
@@ -42,6 +41,10 @@ class KnownTensors:
         #: the parameters whose gradients fast mode claims at each backward end.
         self.grad_params: list[weakref.ref[torch.Tensor]] = []
         self._kv_refs: list[weakref.ref[Any]] = []
+        #: ids of the caches walked since the last forward started (walked once per step).
+        self._kv_walked: set[int] = set()
+        #: per optimizer: (state entries, param groups) at its last state scan.
+        self._opt_sizes: dict[int, tuple[int, int]] = {}
 
     # ------------------------------------------------------------------ at entry
 
@@ -100,6 +103,12 @@ class KnownTensors:
         """Forget the hooked parameters (the block ended)."""
         self.hooked.clear()
         self.grad_params.clear()
+        self._opt_sizes.clear()
+        self._kv_walked.clear()
+
+    def new_step(self) -> None:
+        """A step ended: the caches are walked again in the next one."""
+        self._kv_walked.clear()
 
     # ------------------------------------------------------------------ gradients, optimizers
 
@@ -120,8 +129,14 @@ class KnownTensors:
             state.optimizer_refs.append(weakref.ref(optimizer))
             state.optimizer_class = state.optimizer_class or type(optimizer).__name__
 
-    def scan_optimizers(self, *, grads: bool = True, opt_state: bool = True) -> None:
-        """Charge each tracked optimizer's state and the gradients of parameters not hooked."""
+    def scan_optimizers(
+        self, *, grads: bool = True, opt_state: bool = True, changed_only: bool = False
+    ) -> None:
+        """Charge each tracked optimizer's state and the gradients of parameters not hooked.
+
+        ``changed_only``: skip the state of an optimizer whose number of state entries and of
+        param groups is what it was at its last scan (state tensors are updated in place).
+        """
         state = self.state
         ledger = state.ledger
         entries = ledger.entries
@@ -134,6 +149,11 @@ class KnownTensors:
                         grad = param.grad
                         if grad is not None and id(param) not in hooked and wanted(grad):
                             ledger.claim(grad, GRADIENTS)
+            if opt_state:
+                sizes = (len(optimizer.state), len(optimizer.param_groups))
+                if changed_only and self._opt_sizes.get(id(optimizer)) == sizes:
+                    continue
+                self._opt_sizes[id(optimizer)] = sizes
             for param_state in optimizer.state.values() if opt_state else ():
                 if type(param_state) is not dict:
                     continue
@@ -158,7 +178,7 @@ class KnownTensors:
                 # a prompt (several tokens) fed to a cache that already holds some: the cache
                 # was not reset between generations (or a conversation goes on)
                 self.state.kv_cache_reused = cache_positions(value) > 0
-            self.mark_kv_cache(value)
+            self.mark_kv_cache(value, again=False)
 
     def _observe_shape(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
         """The batch (latest call) and sequence length (longest call) from the root's input.
@@ -182,29 +202,47 @@ class KnownTensors:
     def observe_output(self, output: Any) -> None:
         """Charge the KV caches the root model returned, and every cache known so far."""
         for cache in find_caches(output):
-            self.mark_kv_cache(cache)
-        self.scan_kv_caches()
+            self.mark_kv_cache(cache, again=False)
+        self.scan_kv_caches(once=True)
 
-    def mark_kv_cache(self, obj: Any) -> None:
-        """Count the tensors held by ``obj`` (a cache object, tuple or tensor) as KV cache."""
-        if all(ref() is not obj for ref in self._kv_refs):
-            # Tuples and lists cannot be weakly referenced: what they hold is charged now.
-            with contextlib.suppress(TypeError):
-                self._kv_refs.append(weakref.ref(obj))
+    def mark_kv_cache(self, obj: Any, *, again: bool = True) -> None:
+        """Count the tensors held by ``obj`` (a cache object, tuple or tensor) as KV cache.
+
+        ``again=False``: a cache known already is left to the forward's end (walked once).
+        """
+        if any(ref() is obj for ref in self._kv_refs):
+            if again:
+                self._claim_kv(obj)
+            return
+        # Tuples and lists cannot be weakly referenced: what they hold is charged now.
+        try:
+            self._kv_refs.append(weakref.ref(obj))
+        except TypeError:
+            pass
+        else:
+            if not again:
+                return  # handed to the model: walked at the forward's end
         self._claim_kv(obj)
 
     def kv_caches(self) -> list[Any]:
         """The live cache objects known."""
         return [c for c in (ref() for ref in self._kv_refs) if c is not None]
 
-    def scan_kv_caches(self) -> None:
-        """Charge what every live known cache holds now (caches grow in place)."""
+    def scan_kv_caches(self, *, once: bool = False) -> None:
+        """Charge what every live known cache holds now (caches grow in place).
+
+        ``once``: skip the caches walked in this step already (a forward's end walks each cache
+        once; the step's end and the block's end walk them all).
+        """
         alive = []
+        walked = self._kv_walked
         for ref in self._kv_refs:
             cache = ref()
             if cache is not None:
                 alive.append(ref)
-                self._claim_kv(cache)
+                if not once or id(cache) not in walked:
+                    walked.add(id(cache))
+                    self._claim_kv(cache)
         self._kv_refs = alive
 
     def _claim_kv(self, obj: Any) -> None:

@@ -55,6 +55,8 @@ class EngineState:
         "backward_stack",
         "capacity",
         "checkpointing",
+        "compiled_calls",
+        "compiled_depth",
         "device",
         "end_time",
         "failure",
@@ -66,6 +68,7 @@ class EngineState:
         "mode",
         "model_class",
         "model_ref",
+        "module_every",
         "module_frames",
         "module_stack",
         "module_stats",
@@ -139,6 +142,8 @@ class EngineState:
         self.names: dict[int, str] = {}
         self.module_stats: dict[str, ModuleStats] = {}
         self.module_frames = True  # per-module boundary reads (off in fast mode, slow counter)
+        #: Fast mode: per-module figures from every this many steps (0: from every step).
+        self.module_every = 0
         self.failure: Failure | None = None
         self.observed_batch: int | None = None
         self.observed_seq: int | None = None
@@ -148,6 +153,10 @@ class EngineState:
         #: growing cache is a generation in progress (steps may end per token), not a leak.
         self.kv_cache_reused = False
         self.autocast_dtype: torch.dtype | None = None
+        #: Calls of ``torch.compile``'d modules seen (their inner ops run without dispatch).
+        self.compiled_calls = 0
+        #: How many compiled modules are running now (nested ones count each).
+        self.compiled_depth = 0
 
     @property
     def model(self) -> torch.nn.Module | None:
@@ -209,7 +218,7 @@ class EngineState:
     def module_activity(self) -> list[ModuleActivity]:
         """One record per module seen, in the order first seen (``None``: not measured)."""
         measured = self.module_frames
-        exact = self.mode is Mode.EXACT
+        exact = self.mode is Mode.EXACT or self.module_every > 0
         return [
             ModuleActivity(
                 name=name,

@@ -111,6 +111,8 @@ class SessionMeta:
     capacity: int | None = None
     predicted: tuple[tuple[str, int | None], ...] = ()
     schema: int | None = None
+    local_rank: int | None = None
+    job_id: str | None = None
 
     @classmethod
     def from_dict(cls, directory: Path, data: Mapping[str, Any]) -> SessionMeta:
@@ -133,6 +135,8 @@ class SessionMeta:
             start_time=_float_or_none(data.get("start_time")) or fallback.start_time,
             rank=_int_or_none(data.get("rank")),
             world_size=_int_or_none(data.get("world_size")),
+            local_rank=_int_or_none(data.get("local_rank")),
+            job_id=_str_or_none(data.get("job_id")),
             device=_str_or_none(data.get("device")),
             device_index=_int_or_none(data.get("device_index")),
             model_class=_str_or_none(data.get("model_class")),

@@ -37,6 +37,7 @@ from profiler.records import (
 )
 from profiler.report.model import OomReport
 from profiler.report.reporter import handle_oom
+from profiler.run import Observer
 from profiler.session.writer import SessionWriter
 from profiler.shards import SUBLABELS
 from profiler.tracking import Engine, Options
@@ -168,6 +169,7 @@ class MemoryTracker:
     def _start_observers(self) -> None:
         engine = self._engine
         options = engine.options
+        engine.history.observers.append(_FirstStepPredictions(self))
         if options.stream:
             try:
                 writer = SessionWriter.for_run(self, home=options.home)
@@ -184,6 +186,7 @@ class MemoryTracker:
             engine.history.call(observer, "on_start", self)
 
     def _predict(self) -> None:
+        """The formulas' figures from what was seen (at the first step end, again at exit)."""
         state = self._state
         optimizers = state.optimizers()
         # No cache seen while the model ran: none was kept, so none is predicted.
@@ -441,3 +444,15 @@ class MemoryTracker:
 
     def __str__(self) -> str:
         return self.table()
+
+
+class _FirstStepPredictions(Observer):
+    """Predicts once the first step ended (the batch is known), so live streams carry them."""
+
+    def __init__(self, tracker: MemoryTracker) -> None:
+        self.tracker: MemoryTracker | None = tracker
+
+    def on_step(self, record: StepRecord) -> None:
+        tracker, self.tracker = self.tracker, None
+        if tracker is not None:
+            tracker._predict()

@@ -105,6 +105,9 @@ def _run_meta(info: SessionInfo, predicted: Mapping[Category, int | None]) -> di
         if value is not None:
             meta[key] = value
     meta["predicted"] = {str(k): (None if v is None else int(v)) for k, v in predicted.items()}
+    meta.update(
+        rank=info.rank, local_rank=info.local_rank, world_size=info.world_size, job_id=info.job_id
+    )
     return meta
 
 
@@ -336,8 +339,13 @@ class SessionWriter(Observer):
         if record.time - self._modules_written_at >= self.modules_interval:
             self._modules_written_at = record.time
             self._write_modules()
-        # the process group may appear after tracking started (Lightning's fit() creates it)
-        self.update_meta(**current_ranks().as_meta())
+        # the process group may appear after tracking started (Lightning's fit() creates it),
+        # and the predictions are made once the first step has shown the batch
+        run = self._run
+        if run is not None:
+            self.update_meta(**_run_meta(run.info, run.predicted))
+        else:
+            self.update_meta(**current_ranks().as_meta())
 
     def on_event(self, event: Event) -> None:
         """Write ``event`` to ``events.jsonl``.

@@ -123,3 +123,51 @@ def test_ranks_come_from_the_launcher_before_the_process_group(job: dict) -> Non
             2,
             job_id,
         )
+
+
+@pytest.mark.parametrize(
+    ("recipe", "lines"),
+    [
+        (
+            "ddp.py",
+            [
+                # Linear(256, 1024) + Linear(1024, 256) fp32: 2.00 MiB; DDP's bucket doubles
+                # the gradients, predicted so
+                "gradients        2.00 MiB     4.01 MiB     4.01 MiB     4.01 MiB    +0.0%",
+                "  gradients · ddp_bucket       current    2.00 MiB   peak    2.00 MiB",
+            ],
+        ),
+        (
+            "fsdp2.py",
+            [
+                # 4 blocks of 2.00 MiB, half on each rank
+                "    weights · sharded_param    current    4.01 MiB   peak    4.01 MiB",
+                "optimizer        8.02 MiB     8.02 MiB     8.02 MiB     8.02 MiB    +0.0%",
+            ],
+        ),
+    ],
+)
+def test_distributed_recipes_run_with_torchrun(
+    recipe: str, lines: list[str], tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), "GPUMEM_HOME": str(home)}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        str(ROOT / "recipes" / "distributed" / recipe),
+        "--steps",
+        "2",
+    ]
+    done = subprocess.run(command, env=environ, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = done.stdout.splitlines()
+    for rank in (0, 1):
+        assert any(line.startswith(f"rank {rank}/2 · job 127.0.0.1:") for line in out)
+    for line in lines:
+        assert out.count(line) == 2, (line, done.stdout)

@@ -388,6 +388,10 @@ def predict_tracked(
                             if is_sharded(p)
                             else tensor_bytes(p, rounding)
                         )
+            if type(model).__name__ == "DistributedDataParallel" and not getattr(
+                model, "gradient_as_bucket_view", True
+            ):
+                grads *= 2  # DDP's buckets hold a flat copy of the gradients for the all-reduce
             result[Category.GRADIENTS] = grads
         except Exception as exc:  # noqa: BLE001 - predictions never break tracking
             _warn_once("weights", exc)

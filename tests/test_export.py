@@ -21,6 +21,7 @@ from test_distributed import ROOT, free_port, torchrun
 
 from profiler import track_memory
 from profiler.export.prometheus import serve
+from profiler.export.tail import StreamTail
 from profiler.records import CATEGORIES
 from profiler.session.reader import SessionReader
 
@@ -183,3 +184,25 @@ def test_cli_refuses_a_bad_port(tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines() == [
         "gpumem export: error: --port must be a number from 1 to 65535, not '99999'"
     ]
+
+
+def test_grafana_dashboard_uses_only_exported_metrics_and_labels(tmp_path: Path) -> None:
+    import re
+
+    from profiler.export.prometheus import LABELS, registry_for
+
+    dashboard = json.loads((ROOT / "recipes" / "grafana" / "gpumem.json").read_text())
+    assert dashboard["__inputs"][0]["pluginId"] == "prometheus"  # importable as is
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [v["definition"] for v in dashboard["templating"]["list"]]
+    reader = StreamTail(tmp_path)
+    exported = {family.name for family in registry_for(reader).collect()}
+    used = {name for expr in exprs for name in re.findall(r"gpumem_\w+", expr)}
+    assert used and used <= exported, used - exported
+    labels = {
+        label
+        for expr in exprs
+        for group in re.findall(r"by \(([^)]*)\)", expr) + re.findall(r"\{([^}]*)\}", expr)
+        for label in re.findall(r"(\w+)\s*(?:=~|=|,|$)", group)
+    }
+    assert labels <= {*LABELS, "category"}, labels - {*LABELS, "category"}

@@ -1,8 +1,8 @@
 """The local sessions as Prometheus metrics, read from the session stream.
 
 One exporter per host (``gpumem export prometheus``) reads every session under ``$GPUMEM_HOME``
-with a :class:`~profiler.session.reader.SessionReader` at each scrape; the tracked processes do
-not change (nothing is sent from them). Each series carries the labels ``session``, ``name``,
+at each scrape with a :class:`~profiler.export.tail.StreamTail` (the ends of the streams, not
+their history); the tracked processes do not change (nothing is sent from them). Each series carries the labels ``session``, ``name``,
 ``rank``, ``local_rank``, ``job``, ``host`` and ``device`` (an empty string where the stream
 does not say). The metrics:
 
@@ -11,10 +11,10 @@ does not say). The metrics:
 - ``gpumem_predicted_bytes{category=...}``: the formulas' figure (categories with one);
 - ``gpumem_step``: the step the session is at (the stream's step number); ``gpumem_live``: 1 while the process runs, 0 once ended;
 - ``gpumem_capacity_bytes``: the device's capacity where the stream knows it;
-- ``gpumem_leak_alerts``: the leak alerts among the session's recent events.
+- ``gpumem_leak_alerts``: the leak alerts the session raised (counted from its events).
 
-Cost: a scrape is one :meth:`SessionReader.poll` (it reads only what was appended since the
-last one) plus a few series per session; 64 sessions take a few milliseconds (README).
+Cost: a scrape reads the last 16 KiB of each session's samples and the step ends appended to
+its events, plus a few series per session (64 sessions: see the README's figures).
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from profiler.export.tail import StreamTail
 from profiler.records import CATEGORIES
-from profiler.session.reader import SessionReader, SessionView
+from profiler.session.reader import SessionMeta
 
 __all__ = ["LABELS", "SessionCollector", "registry_for", "serve", "session_labels"]
 
@@ -40,9 +41,8 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def session_labels(view: SessionView) -> list[str]:
-    """The label values of ``view``'s series, in :data:`LABELS` order."""
-    meta = view.meta
+def session_labels(meta: SessionMeta) -> list[str]:
+    """The label values of a session's series, in :data:`LABELS` order."""
     return [
         meta.id,
         meta.name,
@@ -55,9 +55,9 @@ def session_labels(view: SessionView) -> list[str]:
 
 
 class SessionCollector(Collector):
-    """A Prometheus collector over a :class:`SessionReader` (polled once per scrape)."""
+    """A Prometheus collector over a :class:`StreamTail` (polled once per scrape)."""
 
-    def __init__(self, reader: SessionReader) -> None:
+    def __init__(self, reader: StreamTail) -> None:
         self.reader = reader
         self._lock = threading.Lock()  # scrapes may overlap; the reader is not thread-safe
 
@@ -83,10 +83,10 @@ class SessionCollector(Collector):
             "gpumem_capacity_bytes", "The device's capacity, where known", labels=LABELS
         )
         leaks = GaugeMetricFamily(
-            "gpumem_leak_alerts", "Leak alerts among the recent events", labels=LABELS
+            "gpumem_leak_alerts", "Leak alerts the session raised", labels=LABELS
         )
         for view in views:
-            labels = session_labels(view)
+            labels = session_labels(view.meta)
             if view.bytes is not None:
                 for name, value in zip(_NAMES, view.bytes, strict=False):
                     memory.add_metric([*labels, name], value)
@@ -102,11 +102,11 @@ class SessionCollector(Collector):
             live.add_metric(labels, 1 if view.live else 0)
             if view.meta.capacity is not None:
                 capacity.add_metric(labels, view.meta.capacity)
-            leaks.add_metric(labels, sum(1 for e in view.events if e.kind == "leak"))
+            leaks.add_metric(labels, view.leaks)
         yield from (memory, predicted, total, peak, step, live, capacity, leaks)
 
 
-def registry_for(reader: SessionReader) -> CollectorRegistry:
+def registry_for(reader: StreamTail) -> CollectorRegistry:
     """A registry holding only the sessions' collector (no process or platform metrics)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SessionCollector(reader))
@@ -126,6 +126,6 @@ def serve(
     """
     from prometheus_client import start_http_server
 
-    reader = SessionReader(home)
+    reader = StreamTail(home)
     server, thread = start_http_server(port, addr=bind, registry=registry_for(reader))
     return server, thread

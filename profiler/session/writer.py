@@ -344,8 +344,6 @@ class SessionWriter(Observer):
         run = self._run
         if run is not None:
             self.update_meta(**_run_meta(run.info, run.predicted))
-        else:
-            self.update_meta(**current_ranks().as_meta())
 
     def on_event(self, event: Event) -> None:
         """Write ``event`` to ``events.jsonl``.

@@ -24,6 +24,7 @@ import torch
 from profiler.errors import SimulatedOutOfMemoryError
 from profiler.frames import user_sites
 from profiler.records import CATEGORIES, Category, LiveStorage
+from profiler.shards import local_tensor
 
 __all__ = ["BIG_STORAGE_BYTES", "Ledger", "LiveStorage", "StorageEntry"]
 
@@ -49,6 +50,7 @@ class StorageEntry(weakref.ref):
         "cat",
         "dtype",
         "key",
+        "label",
         "module",
         "nbytes",
         "saves",
@@ -62,6 +64,7 @@ class StorageEntry(weakref.ref):
     key: int
     nbytes: int
     cat: int
+    label: str | None  # a sub-label within ``cat`` (profiler.shards.SUBLABELS), or None
     module: str | None
     seq: int
     since: int  # the allocation number from which it has been in ``cat``
@@ -110,6 +113,10 @@ class Ledger:
         self.record_sites = False
         #: Running maxima of the total, one per open module frame (innermost last).
         self.frames: list[int] = []
+        #: Bytes per sub-label (FSDP shards, gathered parameters, communication buffers), now
+        #: and at their highest; only storages given a label count here.
+        self.label_current: dict[str, int] = {}
+        self.label_peak: dict[str, int] = {}
         self._free_cb = self._free
 
     # ------------------------------------------------------------------ adding and removing
@@ -128,7 +135,7 @@ class Ledger:
         Returns the storage's entry (new or existing), or ``None`` for a tensor without storage.
         """
         try:
-            storage = tensor.untyped_storage()
+            storage = local_tensor(tensor).untyped_storage()
         except (RuntimeError, NotImplementedError, TypeError):
             return None  # sparse, nested or a subclass without a plain storage
         entry = self.entries.get(storage._cdata)
@@ -147,6 +154,7 @@ class Ledger:
         entry.nbytes = nbytes
         entry.cat = cat
         entry.saves = 0
+        entry.label = None
         entry.module = self.module
         self.seq += 1
         entry.seq = entry.since = self.seq
@@ -197,13 +205,20 @@ class Ledger:
         nbytes = entry.nbytes
         self.current[entry.cat] -= nbytes
         self.total -= nbytes
+        if entry.label is not None:
+            self.label_current[entry.label] -= nbytes
 
     def resize(self, tensor: torch.Tensor) -> None:
         """Re-read the size of a known storage after an op that may have resized it."""
         try:
-            storage = tensor.untyped_storage()
+            storage = local_tensor(tensor).untyped_storage()
         except (RuntimeError, NotImplementedError, TypeError):
             return
+        self.resize_storage(storage)
+
+    def resize_storage(self, storage: Any) -> None:
+        """Re-read the size of ``storage`` if known (``UntypedStorage.resize_`` is not an op:
+        FSDP2 frees and re-allocates gathered parameters that way)."""
         entry = self.entries.get(storage._cdata)
         if entry is None:
             return
@@ -214,6 +229,31 @@ class Ledger:
                 self._overflow(delta)
             entry.nbytes = nbytes
             self._shift(entry.cat, delta)
+            if entry.label is not None:
+                self._label_shift(entry.label, delta)
+
+    def _label_shift(self, label: str, delta: int) -> None:
+        value = self.label_current.get(label, 0) + delta
+        self.label_current[label] = value
+        if value > self.label_peak.get(label, 0):
+            self.label_peak[label] = value
+
+    def label(self, entry: StorageEntry, cat: int, label: str | None) -> None:
+        """Put a known storage in category index ``cat`` under sub-label ``label``."""
+        if entry.label != label:
+            if entry.label is not None:
+                self._label_shift(entry.label, -entry.nbytes)
+            entry.label = label
+            if label is not None:
+                self._label_shift(label, entry.nbytes)
+        self.reclassify(entry, cat)
+
+    def entry_of(self, tensor: torch.Tensor) -> StorageEntry | None:
+        """The entry of ``tensor``'s storage (its local shard's for a DTensor), or ``None``."""
+        try:
+            return self.entries.get(local_tensor(tensor).untyped_storage()._cdata)
+        except (RuntimeError, NotImplementedError, TypeError):
+            return None
 
     def _shift(self, cat: int, delta: int) -> None:
         current = self.current
@@ -266,7 +306,7 @@ class Ledger:
         With ``only_from``, a known storage moves only if its category is one of those.
         """
         try:
-            storage = tensor.untyped_storage()
+            storage = local_tensor(tensor).untyped_storage()
         except (RuntimeError, NotImplementedError, TypeError):
             return 0
         entry = self.entries.get(storage._cdata)
@@ -279,10 +319,7 @@ class Ledger:
 
     def category_of(self, tensor: torch.Tensor) -> int | None:
         """The category index of ``tensor``'s storage, or ``None`` if the ledger does not know it."""
-        try:
-            entry = self.entries.get(tensor.untyped_storage()._cdata)
-        except (RuntimeError, NotImplementedError, TypeError):
-            return None
+        entry = self.entry_of(tensor)
         return None if entry is None else entry.cat
 
     def _check_peaks(self, total: int, split: list[int]) -> None:

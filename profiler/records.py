@@ -270,3 +270,8 @@ class SessionInfo:
     end_time: float | None
     session_dir: str | None
     home: str | None
+    #: this process's place in a distributed job (:mod:`profiler.ranks`), ``None`` if not one
+    rank: int | None = None
+    local_rank: int | None = None
+    world_size: int | None = None
+    job_id: str | None = None

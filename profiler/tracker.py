@@ -25,12 +25,10 @@ from profiler.leaks import Leak, LeakDetector
 from profiler.predict.compare import compare
 from profiler.predict.gpus import find_gpu
 from profiler.predict.tracked import predict_tracked
-from profiler.records import (
-    Event,
-    EventKind,
-)
+from profiler.records import Event, EventKind, StepRecord
 from profiler.report.model import OomReport
 from profiler.report.reporter import handle_oom
+from profiler.run import Observer
 from profiler.session.atomic import write_atomic
 from profiler.session.writer import SessionWriter
 from profiler.tracking import Engine, Options
@@ -187,6 +185,7 @@ class MemoryTracker(EngineView):
     def _start_observers(self) -> None:
         engine = self._engine
         options = engine.options
+        engine.history.observers.append(_FirstStepPredictions(self))
         if options.stream:
             try:
                 writer = self._stream = SessionWriter.for_run(self, home=options.home)
@@ -208,6 +207,7 @@ class MemoryTracker(EngineView):
         self._predict()
 
     def _predict(self) -> None:
+        """The formulas' figures from what was seen (at the first step end, again at exit)."""
         state = self._state
         optimizers = state.optimizers()
         # No cache seen while the model ran: none was kept, so none is predicted.
@@ -352,3 +352,15 @@ class MemoryTracker(EngineView):
 
     def __str__(self) -> str:
         return self.table()
+
+
+class _FirstStepPredictions(Observer):
+    """Predicts once the first step ended (the batch is known), so live streams carry them."""
+
+    def __init__(self, tracker: MemoryTracker) -> None:
+        self.tracker: MemoryTracker | None = tracker
+
+    def on_step(self, record: StepRecord) -> None:
+        tracker, self.tracker = self.tracker, None
+        if tracker is not None:
+            tracker.update_predictions()

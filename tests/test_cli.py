@@ -58,7 +58,7 @@ def test_top_joins_through_the_entry_point_group() -> None:
         "gpumem top is not registered: the installed metadata is stale; "
         "run ./scripts/setup.sh (pip install -e .)"
     )
-    assert set(BUILTIN) == {"demo", "estimate", "devices", "report", "run"}
+    assert set(BUILTIN) == {"demo", "estimate", "devices", "report", "run", "export", "job"}
 
 
 def _fake_group(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:

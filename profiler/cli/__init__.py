@@ -3,7 +3,7 @@
 Each command is a module exposing ``HELP`` (one line), ``add_arguments(parser)`` and
 ``run(args) -> int``, which imports its heavy dependencies (torch, pandas) inside ``run`` so that
 every command starts fast. The built-in ones are the modules of this package (``demo``,
-``estimate``, ``devices``, ``report``). Any installed package adds its own through the
+``estimate``, ``devices``, ``report``, ``export``, ``job``). Any installed package adds its own through the
 ``gpumem.commands`` entry-point group (``name = "package.module"``): that is how the Textual
 dashboard joins as ``gpumem top`` while :mod:`profiler` never imports it (pyproject.toml declares
 ``top = "tui.top"``). Our errors become one line on stderr and an exit code (1 failure, 2 bad
@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
-from profiler.cli import demo, devices, estimate, report
+from profiler.cli import demo, devices, estimate, export, job, report
 from profiler.cli import run as run_script
 from profiler.errors import GpumemError
 from profiler.text import printable
@@ -49,6 +49,8 @@ BUILTIN: dict[str, Command] = {
     "devices": devices,
     "report": report,
     "run": run_script,
+    "export": export,
+    "job": job,
 }
 
 

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from profiler.records import CATEGORIES, Category
+from profiler.shards import is_sharded, local_tensor, storage_nbytes
 
 __all__ = [
     "optimizer_scratch_bytes",
@@ -63,14 +64,15 @@ def tensor_bytes(t: torch.Tensor, rounding: int = 1) -> int:
 
 def _storage_key(t: torch.Tensor) -> object:
     try:
-        return t.untyped_storage()._cdata
+        return local_tensor(t).untyped_storage()._cdata
     except Exception:  # noqa: BLE001 - some tensor subclasses have no storage
         return id(t)
 
 
 def _storage_bytes(t: torch.Tensor) -> int:
+    # a DTensor (FSDP2, tensor parallel): this rank's shard, with FSDP's padding
     try:
-        return int(t.untyped_storage().nbytes())
+        return storage_nbytes(t)
     except Exception:  # noqa: BLE001
         return t.numel() * t.element_size()
 
@@ -194,7 +196,7 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer, rounding: int = 1) -
             if id(p) in seen or not (p.requires_grad or eager):
                 continue
             seen.add(id(p))
-            total += rule(p, group, rounding)
+            total += rule(local_tensor(p), group, rounding)
     return total
 
 
@@ -220,9 +222,9 @@ def optimizer_scratch_bytes(optimizer: Any, rounding: int = 1) -> int:
         if foreach is None:
             foreach = not group.get("fused") and all(p.device.type == "cuda" for p in params)
         if foreach and not group.get("fused"):
-            total += sum(tensor_bytes(p, rounding) for p in params)
+            total += sum(tensor_bytes(local_tensor(p), rounding) for p in params)
         else:
-            total = max(total, 2 * max(tensor_bytes(p, rounding) for p in params))
+            total = max(total, 2 * max(tensor_bytes(local_tensor(p), rounding) for p in params))
     return total
 
 
@@ -313,7 +315,7 @@ def _autocast_cache_bytes(model: Any, dtype: torch.dtype | None, rounding: int) 
             if p is None or id(p) in seen or not p.is_floating_point() or p.dtype == dtype:
                 continue
             seen.add(id(p))
-            total += round_bytes(p.numel() * itemsize, rounding)
+            total += round_bytes(local_tensor(p).numel() * itemsize, rounding)
     return total
 
 
@@ -380,7 +382,16 @@ def predict_tracked(
                 for p in model.parameters():
                     if p.requires_grad and id(p) not in grad_seen:
                         grad_seen.add(id(p))
-                        grads += tensor_bytes(p, rounding)
+                        # FSDP2's sharded gradients are views of a padded flat buffer
+                        grads += (
+                            round_bytes(storage_nbytes(p), rounding)
+                            if is_sharded(p)
+                            else tensor_bytes(p, rounding)
+                        )
+            if type(model).__name__ == "DistributedDataParallel" and not getattr(
+                model, "gradient_as_bucket_view", True
+            ):
+                grads *= 2  # DDP's buckets hold a flat copy of the gradients for the all-reduce
             result[Category.GRADIENTS] = grads
         except Exception as exc:  # noqa: BLE001 - predictions never break tracking
             _warn_once("weights", exc)

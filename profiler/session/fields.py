@@ -114,6 +114,8 @@ class SessionMeta:
     schema: int | None = None
     boot_id: str | None = None  # the kernel boot and pid namespace it ran in (liveness)
     pid_ns: str | None = None
+    local_rank: int | None = None
+    job_id: str | None = None
 
     @classmethod
     def from_dict(cls, directory: Path, data: Mapping[str, Any]) -> SessionMeta:
@@ -147,6 +149,8 @@ class SessionMeta:
             schema=int_or_none(data.get("v")),
             boot_id=str_or_none(data.get("boot_id"), 64),
             pid_ns=str_or_none(data.get("pid_ns"), 64),
+            local_rank=int_or_none(data.get("local_rank")),
+            job_id=str_or_none(data.get("job_id"), 256),
         )
 
     @classmethod

@@ -4,8 +4,10 @@ A :class:`SessionWriter` is an :class:`~profiler.run.Observer` of a run; it read
 through :class:`~profiler.run.RunView`. It writes, into a directory that
 :mod:`profiler.session.layout` names (``<home>/sessions/<start>-<host>-<pid>-<name>/``):
 
-- ``meta.json`` (atomic): ``v``, ``name``, ``pid``, ``host``, ``rank``, ``world_size`` (when
-  torch.distributed is initialised, else null), ``start_time`` (epoch s), ``command``,
+- ``meta.json`` (atomic): ``v``, ``name``, ``pid``, ``host``, ``rank``, ``local_rank``,
+  ``world_size``, ``job_id`` (:mod:`profiler.ranks`: torch.distributed, else the launcher's
+  environment, else null; rewritten when they change, say once the process group exists),
+  ``start_time`` (epoch s), ``command``,
   ``interval``, ``categories`` (the category order), ``device``, ``device_type``,
   ``device_index``, ``mode``, ``model_class``, ``param_count``, ``capacity`` (a simulated device's
   bytes), ``predicted`` (category → bytes or null);
@@ -55,6 +57,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from profiler import views
+from profiler.ranks import current_ranks
 from profiler.records import Category, Event, EventKind, Sample, SessionInfo, StepRecord
 from profiler.run import Observer, RunView
 from profiler.session.atomic import write_atomic_at
@@ -98,19 +101,6 @@ def _default_name() -> str:
     return stem if stem and stem not in ("-c", "-m", "__main__") else "python"
 
 
-def _distributed() -> tuple[int | None, int | None]:
-    """(rank, world size) when torch.distributed is initialised, else (None, None)."""
-    dist_module = sys.modules.get("torch.distributed")
-    if dist_module is None:
-        return None, None
-    try:
-        if dist_module.is_available() and dist_module.is_initialized():
-            return int(dist_module.get_rank()), int(dist_module.get_world_size())
-    except Exception:
-        pass
-    return None, None
-
-
 def _run_meta(info: SessionInfo, predicted: Mapping[Category, int | None]) -> dict[str, Any]:
     """The metadata fields a run tells: device, mode, model, capacity, predictions."""
     meta: dict[str, Any] = {
@@ -127,18 +117,19 @@ def _run_meta(info: SessionInfo, predicted: Mapping[Category, int | None]) -> di
         if value is not None:
             meta[key] = value
     meta["predicted"] = {str(k): (None if v is None else int(v)) for k, v in predicted.items()}
+    meta.update(
+        rank=info.rank, local_rank=info.local_rank, world_size=info.world_size, job_id=info.job_id
+    )
     return meta
 
 
 def _process_meta(name: str, pid: int, host: str, start: float, interval: float) -> dict[str, Any]:
     """The metadata fields the process tells: who, where, when, the command line."""
-    rank, world_size = _distributed()
     return {
         "name": name,
         "pid": pid,
         "host": host,
-        "rank": rank,
-        "world_size": world_size,
+        **current_ranks().as_meta(),
         "start_time": start,
         **this_machine(),
         "command": shlex.join(sys.argv) if sys.argv else None,
@@ -374,6 +365,11 @@ class SessionWriter(Observer):
         if record.time - self._modules_written_at >= self.modules_interval:
             self._modules_written_at = record.time
             self._write_modules()
+        # the process group may appear after tracking started (Lightning's fit() creates it),
+        # and the predictions are made once the first step has shown the batch
+        run = self._run
+        if run is not None:
+            self.update_meta(**_run_meta(run.info, run.predicted))
 
     def on_event(self, event: Event) -> None:
         """Write ``event`` to ``events.jsonl``.

@@ -28,6 +28,7 @@ from profiler.tracking.hooks import HookSet
 from profiler.tracking.known import KnownTensors
 from profiler.tracking.options import Options, device_filter
 from profiler.tracking.phases import TENSOR_HOOKS, PhaseTracker, is_compiling
+from profiler.tracking.sharding import ShardWatch
 from profiler.tracking.state import INCL, INCL_MAX, OWN, OWN_MAX, EngineState, Mode
 
 __all__ = ["MODULE_SAMPLE_EVERY", "Engine"]
@@ -61,6 +62,7 @@ class Engine:
         self.known = KnownTensors(state)
         self.exact = ExactStrategy(state, self.guard, self.phases, self.hooks)
         self.fast = FastStrategy(state, self.guard, self.phases)
+        self.shards = self.exact.shards = ShardWatch(state, self.guard)
         self.capture = FailureCapture(state, self.history, self.guard)
         self.strategy: ExactStrategy | FastStrategy = self.exact
         self.hunting = False
@@ -96,6 +98,7 @@ class Engine:
             model = state.model
             self.known.name_modules(model)
             self.known.register_model(model)
+            self.shards.attach(model)
             self.known.scan_optimizers()
             self.strategy = self.fast if state.mode is Mode.FAST else self.exact
             if state.mode is Mode.FAST:
@@ -234,6 +237,7 @@ class Engine:
         for part in (
             self.capture.detach,
             self.exact.stop,
+            self.shards.detach,
             self.known.clear,
             self.hooks.remove_all,
             self._clear_stacks,

@@ -77,6 +77,8 @@ class ExactStrategy:
         self.on = False
         self._mode: _LedgerMode | None = None
         self._saved: Any = None
+        #: The distributed watch (FSDP/DDP buffers), set by the engine.
+        self.shards: Any = None
         guard.on_switch_off(self._switched_off)
 
     # ------------------------------------------------------------------ on and off
@@ -327,15 +329,36 @@ class _LedgerMode(TorchDispatchMode):
         self.ledger = strategy.state.ledger
         self.entries = self.ledger.entries
         self.wanted = strategy.state.wanted
+        shards = strategy.shards
+        self.comm_ops: frozenset[int] = shards.comm_ops if shards is not None else frozenset()
+        # DTensor ops are let through (NotImplemented) so DTensor runs them as ops on its local
+        # shards, which come back here: the ledger sees the bytes this rank holds.
+        dtensor = sys.modules.get("torch.distributed.tensor")
+        kind = getattr(dtensor, "DTensor", None)
+        self.desugar: frozenset[type] = frozenset((kind,)) if kind is not None else frozenset()
+        # DTensor's sharding propagation runs ops on fake tensors under a fake mode of its own:
+        # no memory. Skipped unless the block itself runs on fake tensors (the dry run).
+        self.skip_fake: type | None = None
+        if kind is not None:
+            from torch._guards import active_fake_mode
+            from torch._subclasses.fake_tensor import FakeTensor
+
+            self.skip_fake = FakeTensor if active_fake_mode() is None else None
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         # The hot path: one call per op, inlined on purpose (a helper call per op costs ~3%).
+        if types and self.desugar and not self.desugar.isdisjoint(types):
+            return NotImplemented
         out = func(*args, **kwargs) if kwargs else func(*args)
         if not self.strategy.on:
             return out
         try:
             if self.state.phase is not _BACKWARD and graph_task_id() != -1:
                 self.strategy.phases.enter_backward()
+            if self.skip_fake is not None and _on_fake(out, self.skip_fake):
+                return out
+            if self.comm_ops and id(func) in self.comm_ops:
+                self.strategy.shards.collective(func, args)
             entries = self.entries
             wanted = self.wanted
             ledger = self.ledger
@@ -437,6 +460,13 @@ class _Saved:
             ledger = self.ledger
             if ledger.entries.get(entry.key) is entry:  # still alive and still this storage
                 ledger.reclassify(entry, TEMPORARIES, follow_peak=False)
+
+
+def _on_fake(out: Any, kind: type) -> bool:
+    """Whether an op's first output tensor is a fake tensor (no memory behind it)."""
+    for tensor in tensors_in(out):
+        return isinstance(tensor, kind)
+    return False
 
 
 def _unpack(saved: Any) -> torch.Tensor:

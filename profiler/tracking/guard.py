@@ -31,6 +31,7 @@ class Part(StrEnum):
     OOM_OBSERVER = "cuda oom observer"
     FINAL_SAMPLE = "final sample"
     OBSERVERS = "observers"
+    DISTRIBUTED = "distributed memory naming"
 
 
 class Guard:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from profiler.ledger import Ledger
+from profiler.ranks import current_ranks
 from profiler.records import CATEGORIES, Category, Failure, ModuleActivity, Phase, SessionInfo
 
 if TYPE_CHECKING:
@@ -186,6 +187,7 @@ class EngineState:
     def info(self) -> SessionInfo:
         """The run's facts as seen so far, as an immutable record."""
         autocast = self.autocast_dtype
+        ranks = current_ranks()
         return SessionInfo(
             name=self.name,
             mode=str(self.mode),
@@ -213,6 +215,10 @@ class EngineState:
             end_time=self.end_time,
             session_dir=None if self.session_dir is None else str(self.session_dir),
             home=None if self.home is None else os.fspath(self.home),
+            rank=ranks.rank,
+            local_rank=ranks.local_rank,
+            world_size=ranks.world_size,
+            job_id=ranks.job_id,
         )
 
     def module_activity(self) -> list[ModuleActivity]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from profiler.ranks import current_ranks
 from profiler.records import (
     Category,
     Event,
@@ -23,6 +24,7 @@ from profiler.records import (
     SessionInfo,
     StepRecord,
 )
+from profiler.shards import SUBLABELS
 from profiler.tracking.engine import Engine
 
 __all__ = ["EngineView"]
@@ -113,6 +115,33 @@ class EngineView:
     def device(self) -> torch.device:
         """The device accounted for (resolved at entry)."""
         return self._state.device
+
+    @property
+    def rank(self) -> int | None:
+        """This process's rank (torch.distributed, else RANK/SLURM_PROCID), or ``None``."""
+        return current_ranks().rank
+
+    @property
+    def world_size(self) -> int | None:
+        """The job's world size (torch.distributed, else WORLD_SIZE/SLURM_NTASKS), or ``None``."""
+        return current_ranks().world_size
+
+    @property
+    def job_id(self) -> str | None:
+        """The id that groups this job's ranks (:func:`profiler.ranks.current_ranks`)."""
+        return current_ranks().job_id
+
+    def sublabels(self) -> dict[str, dict[str, Any]]:
+        """FSDP/DDP memory named within its category: label → category, current, peak bytes."""
+        ledger = self._state.ledger
+        return {
+            label: {
+                "category": SUBLABELS[label],
+                "current": value,
+                "peak": ledger.label_peak[label],
+            }
+            for label, value in sorted(ledger.label_current.items())
+        }
 
     @property
     def events(self) -> Sequence[Event]:

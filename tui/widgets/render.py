@@ -16,6 +16,7 @@ from rich.text import Text
 
 from profiler.backends.base import DeviceInfo, ProcessInfo
 from profiler.records import CATEGORIES
+from profiler.session.jobs import JobView, group_jobs, job_dict
 from profiler.session.reader import SessionView
 from profiler.units import format_bytes
 from tui.snapshot import (
@@ -333,6 +334,15 @@ def frame_text(
             console.print(f"... and {len(processes) - max_processes} more")
     elif not snapshot.process_error:
         console.print("none")
+    jobs = snapshot_jobs(snapshot)
+    if jobs:
+        console.print("\nJOBS")
+        table = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold")
+        for name in ("JOB", "RANKS", "PEAK MIN", "MAX", "MEAN", "IMBALANCE", "NEAREST", "SLOWEST"):
+            table.add_column(name, no_wrap=True)
+        for job in jobs:
+            table.add_row(*job_row(job))
+        console.print(table)
     console.print("\nSESSIONS")
     if snapshot.session_error:
         console.print(Text(f"! {snapshot.session_error}"))
@@ -392,7 +402,9 @@ def snapshot_to_dict(snapshot: Snapshot, *, sort: str = "memory") -> dict[str, A
             "pid": meta.pid,
             "host": meta.host,
             "rank": meta.rank,
+            "local_rank": meta.local_rank,
             "world_size": meta.world_size,
+            "job_id": meta.job_id,
             "device": meta.device,
             "model_class": meta.model_class,
             "param_count": meta.param_count,
@@ -427,7 +439,37 @@ def snapshot_to_dict(snapshot: Snapshot, *, sort: str = "memory") -> dict[str, A
         "devices": [device(d) for d in snapshot.devices],
         "processes": [process(p) for p in sort_processes(snapshot.processes, sort)],
         "sessions": [session(s) for s in snapshot.sessions],
+        # the sessions of each distributed job, grouped (profiler.session.jobs)
+        "jobs": [job_dict(j) for j in snapshot_jobs(snapshot)],
     }
+
+
+def snapshot_jobs(snapshot: Snapshot) -> list[JobView]:
+    """The distributed jobs among the snapshot's sessions (sessions sharing a job id)."""
+    grouped = group_jobs(snapshot.sessions, lambda v: session_capacity(v, snapshot.devices))
+    return [item for item in grouped if isinstance(item, JobView)]
+
+
+def job_row(job: JobView) -> tuple[str, ...]:
+    """A job's row: ranks seen of the world size, the peaks across ranks, the outliers."""
+
+    def size(value: float | None) -> str:
+        return "-" if value is None else format_bytes(int(value))
+
+    return (
+        job.job_id,
+        f"{job.ranks_seen}/{_opt(job.world_size)}",
+        size(job.min_peak),
+        size(job.max_peak),
+        size(job.mean_peak),
+        "-" if job.imbalance is None else f"{job.imbalance:.0%}",
+        "-"
+        if job.nearest_rank is None or job.nearest_share is None
+        else f"rank {job.nearest_rank} {job.nearest_share:.0%}",
+        "-"
+        if job.slowest_step is None
+        else f"rank {_opt(job.slowest_rank)} step {job.slowest_step}",
+    )
 
 
 def session_header(session: SessionView, snapshot: Snapshot) -> Text:

@@ -34,6 +34,7 @@ from profiler.records import (
     SessionInfo,
     StepRecord,
 )
+from profiler.replay import InputRecorder, Replayer
 from profiler.report.model import OomReport
 from profiler.report.reporter import handle_oom
 from profiler.session.writer import SessionWriter
@@ -135,6 +136,7 @@ class MemoryTracker:
         self._engine = Engine(options, model, optimizer)
         self._state = self._engine.state
         self._leak_detector: LeakDetector | None = None
+        self._inputs = InputRecorder()
         #: The OOM post-mortem, once one was written (see :mod:`profiler.report`).
         self.oom_report: OomReport | None = None
 
@@ -143,6 +145,7 @@ class MemoryTracker:
     def __enter__(self) -> MemoryTracker:
         engine = self._engine
         engine.enter(self)
+        self._inputs = InputRecorder.watching(self._state.model)
         try:
             self._start_observers()
             engine.start_recording()
@@ -154,6 +157,7 @@ class MemoryTracker:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
         engine = self._engine
         engine.exit(exc)
+        self._inputs.detach()
         self._predict()
         if isinstance(exc, torch.OutOfMemoryError):
             self._report_oom(exc)
@@ -210,7 +214,7 @@ class MemoryTracker:
 
     def _report_oom(self, exc: BaseException) -> None:
         try:
-            self.oom_report = handle_oom(self, exc)
+            self.oom_report = handle_oom(self, exc, self._replay())
         except Exception as error:
             self._engine.guard.warn_once(
                 "oom", f"OOM report failed ({type(error).__name__}: {error})"
@@ -358,8 +362,14 @@ class MemoryTracker:
     # ================================================================== results
 
     def suggestions(self, capacity: str | int | None = None) -> list[Suggestion]:
-        """Ranked changes that would make this run fit in ``capacity`` (default: the device's)."""
-        return suggest(self, capacity=capacity)
+        """Ranked changes that would make this run fit in ``capacity`` (default: the device's),
+        each replayed on fake tensors (:mod:`profiler.replay`)."""
+        return suggest(self, capacity=capacity, replay=self._replay())
+
+    def _replay(self) -> Replayer | None:
+        state = self._state
+        optimizers = state.optimizers()
+        return Replayer.for_run(self, self._inputs, optimizers[0] if optimizers else None)
 
     def leaks(self) -> list[Leak]:
         """Leaks confirmed so far (empty when the detector is off or found none)."""

@@ -37,6 +37,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from profiler.errors import DryRunError, GpumemError
+from profiler.fills import Fills
 
 if TYPE_CHECKING:
     import pandas
@@ -62,7 +63,15 @@ def _is_accelerator(device: Any) -> bool:
 
 
 class _CpuDevices(TorchFunctionMode):
-    """Redirect accelerator devices in factory calls and ``Tensor.to``/``.cuda`` to the CPU."""
+    """Redirect accelerator devices in factory calls and ``Tensor.to``/``.cuda`` to the CPU.
+
+    Every call also goes through :class:`~profiler.fills.Fills`, which keeps the values of
+    tensors made by fill factories so that value checks take the real device's path.
+    """
+
+    def __init__(self, fills: Fills) -> None:
+        super().__init__()
+        self.fills = fills
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -72,7 +81,7 @@ class _CpuDevices(TorchFunctionMode):
             kwargs = {**kwargs, "device": "cpu"}
         if func is _Tensor.to and len(args) > 1 and _is_accelerator(args[1]):
             args = (args[0], "cpu", *args[2:])
-        return func(*args, **kwargs)
+        return self.fills.call(func, args, kwargs)
 
 
 def _convert(module: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn.Module:
@@ -130,7 +139,8 @@ def _redirected() -> Iterator[None]:
         for name, patch in _MODULE_PATCHES.items():
             setattr(torch.nn.Module, name, patch)
         torch.amp.autocast_mode.autocast.__init__ = cpu_autocast  # type: ignore[method-assign]
-        with _CpuDevices():
+        fills = Fills()
+        with _CpuDevices(fills), fills.transformers_checks():
             yield
     finally:
         for name, original in saved.items():

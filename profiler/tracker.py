@@ -26,6 +26,7 @@ from profiler.predict.compare import compare
 from profiler.predict.gpus import find_gpu
 from profiler.predict.tracked import predict_tracked
 from profiler.records import Event, EventKind, StepRecord
+from profiler.replay import InputRecorder, Replayer
 from profiler.report.model import OomReport
 from profiler.report.reporter import handle_oom
 from profiler.run import Observer
@@ -136,6 +137,7 @@ class MemoryTracker(EngineView):
         super().__init__(Engine(options, model, optimizer))
         self._leak_detector: LeakDetector | None = None
         self._stream: SessionWriter | None = None
+        self._inputs = InputRecorder()
         #: The OOM post-mortem, once one was written (see :mod:`profiler.report`).
         self.oom_report: OomReport | None = None
 
@@ -145,6 +147,7 @@ class MemoryTracker(EngineView):
         engine = self._engine
         engine.enter(self)
         try:
+            self._inputs = InputRecorder.watching(self._state.model)
             self._start_observers()
             engine.start_recording()
         except BaseException as error:  # a Ctrl-C inside gpumem's own enter included
@@ -160,6 +163,7 @@ class MemoryTracker(EngineView):
         try:
             engine = self._engine
             engine.exit(exc)
+            self._inputs.detach()
             self._predict()
             if isinstance(exc, torch.OutOfMemoryError):
                 self._report_oom(exc)
@@ -236,7 +240,7 @@ class MemoryTracker(EngineView):
 
     def _report_oom(self, exc: BaseException) -> None:
         try:
-            self.oom_report = handle_oom(self, exc)
+            self.oom_report = handle_oom(self, exc, self._replay())
         except Exception as error:
             self._engine.guard.warn_once(
                 "oom", f"OOM report failed ({type(error).__name__}: {error})"
@@ -268,8 +272,14 @@ class MemoryTracker(EngineView):
     # ================================================================== results
 
     def suggestions(self, capacity: str | int | None = None) -> list[Suggestion]:
-        """Ranked changes that would make this run fit in ``capacity`` (default: the device's)."""
-        return suggest(self, capacity=capacity)
+        """Ranked changes that would make this run fit in ``capacity`` (default: the device's),
+        each replayed on fake tensors (:mod:`profiler.replay`)."""
+        return suggest(self, capacity=capacity, replay=self._replay())
+
+    def _replay(self) -> Replayer | None:
+        state = self._state
+        optimizers = state.optimizers()
+        return Replayer.for_run(self, self._inputs, optimizers[0] if optimizers else None)
 
     def leaks(self) -> list[Leak]:
         """Leaks confirmed so far (empty when the detector is off or found none)."""

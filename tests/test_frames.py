@@ -45,6 +45,7 @@ def test_a_library_imported_later_is_recognised(
 ) -> None:
     package = tmp_path / "peft"
     inside = str(package / "tuners.py")
+    monkeypatch.delitem(sys.modules, "peft", raising=False)  # a dev dependency other tests import
     assert frames.is_user_file(inside)
     fake = types.ModuleType("peft")
     fake.__file__ = str(package / "__init__.py")

@@ -49,6 +49,9 @@ class Net(nn.Module):
         return self.head(x)
 
 
+_ALIVE: list[tuple[nn.Module, torch.optim.Optimizer]] = []
+
+
 def train(batch: int, capacity: str | int | None, *, stream: bool = True, steps: int = 3):
     """Train a few AdamW steps; returns (tracker, the OOM error or None)."""
     torch.manual_seed(0)
@@ -57,6 +60,7 @@ def train(batch: int, capacity: str | int | None, *, stream: bool = True, steps:
     data = torch.randn(DATASET, WIDTH)
     labels = torch.randint(0, 10, (DATASET,))
     mem = track_memory(model, optimizer, capacity=capacity, stream=stream, name="oomtest")
+    _ALIVE.append((model, optimizer))  # the tracker holds them weakly; replays need them
     error = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -11,15 +11,15 @@ to every moment; a change saves ``peak_now - peak_after`` bytes and fits when
 
 Steady state: a stateful optimizer creates its state in the first step, so every moment is
 charged at least the full optimizer state (the larger of the measured one and the prediction
-from the optimizer's class), and the optimizer step is charged every gradient. That makes the
-advice the same whether it is computed at an OOM or ahead of time on a run that fits, as long as
-the moment that sets the peak was measured before the failure: true for the common OOM in the
-second step (the first step fit; the optimizer state tipped it over). An OOM in the middle of the
-very first forward pass has seen only part of the activations, so its batch size is an upper
-bound there, and the report says which step and phase it failed in.
+from the optimizer's class), and the optimizer step is charged every gradient. That projection is
+exact when the moment that sets the peak was measured (the common OOM in the second step); an
+OOM in the middle of the very first forward has seen only part of the activations, so the
+projection is then an upper bound. Suggestions are therefore verified by replaying the step on
+fake tensors with the change applied (:mod:`.verify`, with a replay function handed in by the
+facade): only a replayed suggestion says ``fits=True``.
 
 The parts: :mod:`.facts` (what advice reads and writes), :mod:`.projection` (the peak after a
-change), :mod:`.suggestions` (each change, and :func:`rank`), :mod:`.reading` (a run read through
+change), :mod:`.suggestions` (each change, and :func:`rank`), :mod:`.verify` (replayed peaks), :mod:`.reading` (a run read through
 :class:`~profiler.run.RunView` into :class:`RunFacts`, and :func:`suggest`). Everything but
 :mod:`.reading` is a pure function of :class:`RunFacts`: no pandas, no device access.
 """

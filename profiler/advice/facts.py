@@ -25,8 +25,11 @@ _SCALING_PHASES = frozenset({str(Phase.FORWARD), str(Phase.BACKWARD)})
 class Suggestion:
     """One change that shrinks the peak: what to do, bytes saved, and whether the run then fits.
 
-    ``fits`` is ``None`` when no capacity is known. ``params`` holds the change's settings (for
-    ``batch_size``: ``batch_size``, ``accumulation_steps``, ``effective_batch``).
+    ``fits`` is ``None`` when no capacity is known, or when the change was not replayed (an
+    estimate never says it fits). ``params`` holds the change's settings (for ``batch_size``:
+    ``batch_size``, ``accumulation_steps``, ``effective_batch``). ``verified`` says the peak was
+    measured: replayed on fake tensors with the change applied (``replayed_peak``, tracked bytes
+    without the device's overhead), or, for ``already_fits``, the run's own.
     """
 
     kind: str
@@ -36,6 +39,8 @@ class Suggestion:
     params: Mapping[str, Any] = field(default_factory=dict)
     detail: str = ""
     peak_after: int | None = None
+    verified: bool = False
+    replayed_peak: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from profiler.advice.facts import INDEX, N_CATEGORIES, Moment, RunFacts, Suggestion
 from profiler.advice.suggestions import rank
+from profiler.advice.verify import Replay
 from profiler.backends import nvml
 from profiler.backends.base import ProcessInfo
 from profiler.errors import UsageError
@@ -246,15 +247,20 @@ def capacity_bytes(capacity: str | int) -> int:
         ) from None
 
 
-def suggest(run: RunView, capacity: str | int | None = None) -> list[Suggestion]:
+def suggest(
+    run: RunView, capacity: str | int | None = None, replay: Replay | None = None
+) -> list[Suggestion]:
     """Ranked changes that make ``run`` fit in ``capacity`` (default: its device's).
 
     ``capacity`` is a size ("24GB", or bytes) or a GPU from the catalogue ("rtx4090", "a100").
     The same list whether called at an OOM or ahead of time on a run that fits (see
     :mod:`profiler.advice` for when that holds).
 
+    ``replay`` (handed in by the facade, see :mod:`profiler.advice.verify`) replays the step with
+    each change applied; without it the suggestions are estimates.
+
     Raises:
         UsageError: ``capacity`` is neither a size nor a known GPU.
     """
     size = None if capacity is None else capacity_bytes(capacity)
-    return rank(facts_from_run(run, size), size)
+    return rank(facts_from_run(run, size), size, replay)

@@ -13,6 +13,7 @@ from typing import Any
 
 from profiler.advice.facts import INDEX, N_CATEGORIES, RunFacts, Suggestion
 from profiler.advice.projection import Change, factors, largest_batch, largest_fraction, peak_after
+from profiler.advice.verify import Replay, unverified, verify
 from profiler.records import Category
 from profiler.units import format_bytes
 
@@ -20,6 +21,7 @@ __all__ = ["KINDS", "rank"]
 
 #: Every suggestion kind, in the order used to break ties of equal savings.
 KINDS: tuple[str, ...] = (
+    "already_fits",
     "batch_size",
     "checkpointing",
     "precision",
@@ -85,14 +87,7 @@ def _batch_suggestion(facts: RunFacts, capacity: int | None, now: int) -> Sugges
     new_for_peak = max(new, 1)
     ratio = new_for_peak / batch
     change = Change(scaling=(ratio,) * N_CATEGORIES)
-    steps = max(math.ceil(batch / new_for_peak), 1)
-    micro = math.ceil(batch / steps)
-    params: dict[str, Any] = {
-        "batch_size": new,
-        "accumulation_steps": steps,
-        "micro_batch": micro,
-        "effective_batch": micro * steps,
-    }
+    params: dict[str, Any]
     if new < 1:
         title = "Even a batch of 1 does not fit: the fixed memory alone exceeds the device"
         params = {"batch_size": 0, "accumulation_steps": 0, "micro_batch": 0, "effective_batch": 0}
@@ -100,6 +95,21 @@ def _batch_suggestion(facts: RunFacts, capacity: int | None, now: int) -> Sugges
         return replace(suggestion, fits=False)
     grows = max(sum(m.fixed_and_scaling()[1]) for m in facts.moments)
     per_sample = grows // batch
+    title, params = batch_wording(facts, capacity, new)
+    fits = None if capacity is None else True  # largest_batch sized it (verified by a replay)
+    detail = (
+        f"Activations and batch-sized temporaries take {format_bytes(per_sample)} per sample "
+        f"at the peak; weights, gradients and optimizer state do not shrink with the batch."
+    )
+    suggestion = _make(facts, capacity, now, "batch_size", title, change, params, detail)
+    return replace(suggestion, fits=fits)
+
+
+def batch_wording(facts: RunFacts, capacity: int | None, new: int) -> tuple[str, dict[str, Any]]:
+    """The title and params of a batch-size suggestion from ``facts.batch`` to ``new``."""
+    batch = facts.batch or new
+    steps = max(math.ceil(batch / max(new, 1)), 1)
+    micro = math.ceil(batch / steps)
     if new < batch:
         title = f"Reduce the batch size from {batch} to {new}"
         if capacity is not None:
@@ -109,22 +119,21 @@ def _batch_suggestion(facts: RunFacts, capacity: int | None, now: int) -> Sugges
                 f"; to keep the effective batch of {batch}, accumulate gradients over {steps} "
                 f"micro-batches of {micro}"
             )
-    if new >= batch:
+            params = {
+                "batch_size": new,
+                "accumulation_steps": steps,
+                "micro_batch": micro,
+                "effective_batch": micro * steps,
+            }
+            return title, params
+    else:
         title = f"The batch size can grow from {batch} to {new}"
-    if new >= batch or not facts.training:
-        params = {
-            "batch_size": new,
-            "accumulation_steps": 1,
-            "micro_batch": new,
-            "effective_batch": new,
-        }
-    fits = None if capacity is None else True  # largest_batch sized it exactly
-    detail = (
-        f"Activations and batch-sized temporaries take {format_bytes(per_sample)} per sample "
-        f"at the peak; weights, gradients and optimizer state do not shrink with the batch."
-    )
-    suggestion = _make(facts, capacity, now, "batch_size", title, change, params, detail)
-    return replace(suggestion, fits=fits)
+    return title, {
+        "batch_size": new,
+        "accumulation_steps": 1,
+        "micro_batch": new,
+        "effective_batch": new,
+    }
 
 
 def _checkpointing_suggestion(facts: RunFacts, capacity: int | None, now: int) -> Suggestion | None:
@@ -198,7 +207,7 @@ def _optimizer_suggestions(facts: RunFacts, capacity: int | None, now: int) -> l
         return []
     result = []
     trainable = facts.trainable_param_count or facts.param_count
-    if facts.optimizer_class in _ADAM_LIKE and trainable:
+    if facts.optimizer_class in _ADAM_LIKE and trainable:  # an 8-bit class is not in the set
         new_state = 2 * trainable  # two 8-bit states per parameter
         if new_state < state:
             change = Change(fixed=factors(optimizer=new_state / state))
@@ -223,6 +232,13 @@ def _optimizer_suggestions(facts: RunFacts, capacity: int | None, now: int) -> l
 
 def _lora_suggestions(facts: RunFacts, capacity: int | None, now: int) -> list[Suggestion]:
     if not facts.training or not facts.pretrained:
+        return []
+    frozen = (
+        facts.trainable_param_count is not None
+        and facts.param_count is not None
+        and facts.trainable_param_count < facts.param_count
+    )
+    if frozen:  # adapters (or a frozen base) already: LoRA is in use, or as good as
         return []
     if facts.gradient_bytes + facts.optimizer_bytes <= 0:
         return []
@@ -324,12 +340,20 @@ def _device_suggestions(facts: RunFacts, capacity: int | None, now: int) -> list
     return result
 
 
-def rank(facts: RunFacts, capacity: int | None = None) -> list[Suggestion]:
+def rank(
+    facts: RunFacts, capacity: int | None = None, replay: Replay | None = None
+) -> list[Suggestion]:
     """Every applicable suggestion for ``facts``, most bytes saved first.
+
+    With a capacity the run already fits in, the first entry says so (``already_fits``, from the
+    measured peak). With ``replay`` (see :mod:`profiler.advice.verify`) every suggestion's peak is
+    replayed (``verified``) and the batch size is searched on replays; without it they are
+    estimates and none says it fits.
 
     Args:
         facts: the measured run.
         capacity: the device size to fit (default: ``facts.capacity``).
+        replay: replays the step with a change applied; ``None``: estimates only.
     """
     if capacity is None:
         capacity = facts.capacity
@@ -353,6 +377,46 @@ def rank(facts: RunFacts, capacity: int | None = None) -> list[Suggestion]:
     ):
         found.extend(make(facts, capacity, now))
     found = [s for s in found if s.saves_bytes > 0 or s.kind == "batch_size"]
+    if replay is None:
+        found = [unverified(s, "no replay of the step was available") for s in found]
+    else:
+        found = verify(
+            found, facts, capacity, now, replay, lambda new: batch_wording(facts, capacity, new)
+        )
     order = {kind: i for i, kind in enumerate(KINDS)}
     found.sort(key=lambda s: (-s.saves_bytes, order.get(s.kind, len(order)), s.title))
+    fitting = _already_fits(facts, capacity, now, replay)
+    if fitting is not None:
+        found.insert(0, fitting)
     return found
+
+
+def _already_fits(
+    facts: RunFacts, capacity: int | None, now: int, replay: Replay | None
+) -> Suggestion | None:
+    """The "already fits" entry, when the peak (and the replay of the whole step) fit."""
+    if capacity is None:
+        return None
+    replayed = None
+    if replay is not None:
+        try:  # an OOM in the first forward saw part of the step: the replay sees all of it
+            replayed = int(replay({}))
+        except Exception:  # noqa: BLE001 - the measured peak alone then
+            replayed = None
+    peak = max(now, replayed or 0) + facts.overhead
+    if peak > capacity:
+        return None
+    title = (
+        f"The run already fits: its peak {format_bytes(peak)} is within {format_bytes(capacity)}"
+    )
+    return Suggestion(
+        kind="already_fits",
+        title=title,
+        saves_bytes=0,
+        fits=True,
+        params={"peak_bytes": peak, "capacity": capacity},
+        detail="Measured on this run (and replayed where a replay was possible).",
+        peak_after=peak,
+        verified=True,
+        replayed_peak=replayed,
+    )

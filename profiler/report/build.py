@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 from profiler.advice import facts_from_run, rank
 from profiler.advice.reading import other_processes
+from profiler.advice.verify import Replay
 from profiler.backends import cuda
 from profiler.predict.compare import explain_gap
 from profiler.records import CATEGORIES, Sample, SessionInfo
@@ -229,8 +230,14 @@ def _message(exc: BaseException | None) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def build_report(run: RunView, exc: BaseException | None = None) -> OomReport:
-    """The post-mortem of ``run``'s out-of-memory failure ``exc`` (not written anywhere yet)."""
+def build_report(
+    run: RunView, exc: BaseException | None = None, replay: Replay | None = None
+) -> OomReport:
+    """The post-mortem of ``run``'s out-of-memory failure ``exc`` (not written anywhere yet).
+
+    ``replay`` (from the facade) replays the failing step with each suggested change applied, so
+    that the suggestions carry measured peaks (see :mod:`profiler.advice.verify`).
+    """
     info = run.info
     failure = run.failure
     samples = run.samples
@@ -248,7 +255,7 @@ def build_report(run: RunView, exc: BaseException | None = None) -> OomReport:
     )
     notes: list[str] = []
     try:
-        suggestions = tuple(rank(facts_from_run(run), capacity))
+        suggestions = tuple(rank(facts_from_run(run), capacity, replay))
     except Exception as error:  # noqa: BLE001 - a report without advice beats no report
         suggestions = ()
         notes.append(f"suggestions unavailable: {type(error).__name__}: {error}")

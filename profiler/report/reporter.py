@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from profiler.advice.verify import Replay
 from profiler.backends import cuda
 from profiler.records import Event, EventKind
 from profiler.report.build import build_report
@@ -48,9 +49,9 @@ def _save_snapshot(run: RunView, directory: Path, stem: str) -> str | None:
     return name
 
 
-def _write(run: RunView, exc: BaseException) -> OomReport:
+def _write(run: RunView, exc: BaseException, replay: Replay | None = None) -> OomReport:
     """Build the report and write it (with the allocator snapshot, where there is one)."""
-    report = build_report(run, exc)
+    report = build_report(run, exc, replay)
     info = run.info
     directory, stem = report_location(info.session_dir, info.home, report.created)
     try:
@@ -93,19 +94,21 @@ def oom_event(report: OomReport) -> Event:
     )
 
 
-def handle_oom(run: TrackedRun, exc: BaseException) -> OomReport | None:
+def handle_oom(
+    run: TrackedRun, exc: BaseException, replay: Replay | None = None
+) -> OomReport | None:
     """Build, write and announce the report of ``run``'s OOM ``exc``; never raises.
 
     Called by the tracker when an out-of-memory error leaves its ``with`` block, after the
     failure was recorded (``run.failure``). Writes into ``run.info.session_dir`` (or the
     ``reports/`` directory of ``run.info.home``), warns the path once and emits an ``oom`` event
-    through ``run.emit``.
+    through ``run.emit``. ``replay`` verifies the suggestions (see :mod:`profiler.advice.verify`).
 
     Returns:
         The written report, or ``None`` (with a warning) if that failed.
     """
     try:
-        report = _write(run, exc)
+        report = _write(run, exc, replay)
     except Exception as error:  # noqa: BLE001 - the user's OOM must reach them unchanged
         warnings.warn(
             f"gpumem: could not write the OOM report ({type(error).__name__}: {error})",

@@ -31,8 +31,11 @@ def heading(report: OomReport) -> str:
     return "Simulated out of memory" if report.simulated else "CUDA out of memory"
 
 
-def _fits(value: bool | None) -> str:
-    return "unknown" if value is None else ("yes" if value else "no")
+def _fits(value: bool | None, verified: bool = False) -> str:
+    if value is None:
+        return "estimated" if not verified else "unknown"
+    text = "yes" if value else "no"
+    return f"{text} (replayed)" if verified and value else text
 
 
 def summary_table(report: OomReport) -> Table:
@@ -76,7 +79,14 @@ def run_table(report: OomReport) -> Table:
 def suggestion_table(report: OomReport) -> Table:
     """The suggestions, most bytes saved first."""
     return ["#", "kind", "change", "saves", "peak after", "fits"], [
-        [i, s.kind, s.title, format_bytes(s.saves_bytes), format_bytes(s.peak_after), _fits(s.fits)]
+        [
+            i,
+            s.kind,
+            s.title,
+            format_bytes(s.saves_bytes),
+            format_bytes(s.peak_after),
+            _fits(s.fits, s.verified),
+        ]
         for i, s in enumerate(report.suggestions, 1)
     ]
 

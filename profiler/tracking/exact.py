@@ -56,6 +56,9 @@ _CAST_OPS = frozenset(
 _RESIZE_OPS = frozenset(
     id(op) for op in (_aten.resize_.default, _aten.resize_as_.default, _aten.set_.source_Storage)
 )
+# A fake mode lifts a constant (``torch.tensor(0.0)``) from a real tensor that is never device
+# memory: those ops' inputs are not counted (checked only for an input the ledger does not know).
+_LIFT_OPS = frozenset(id(op) for op in (_aten.lift_fresh.default, _aten.lift_fresh_copy.default))
 Tensor = torch.Tensor
 _BACKWARD = Phase.BACKWARD
 
@@ -365,8 +368,10 @@ class _LedgerMode(TorchDispatchMode):
             for arg in args:
                 if isinstance(arg, Tensor):
                     if (
-                        wanted is None or wanted(arg)
-                    ) and arg.untyped_storage()._cdata not in entries:
+                        (wanted is None or wanted(arg))
+                        and arg.untyped_storage()._cdata not in entries
+                        and id(func) not in _LIFT_OPS
+                    ):
                         ledger.add_tensor(arg, OTHER)
                 elif type(arg) is list or type(arg) is tuple:
                     for item in arg:

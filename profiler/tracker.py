@@ -107,6 +107,10 @@ class MemoryTracker(EngineView):
         max_steps: int = 20_000,
         history: bool | int = False,
     ) -> None:
+        # DDP's buckets copy the gradients unless they are views of them (gradient_as_bucket_view)
+        self._ddp_bucket_copy = type(model).__name__ == "DistributedDataParallel" and not getattr(
+            model, "gradient_as_bucket_view", True
+        )
         # the real model and optimizer behind DDP / FSDP / torch.compile / AcceleratedOptimizer
         model, optimizer = unwrap_model(model), unwrap_optimizer(optimizer)
         if model is not None and not isinstance(model, torch.nn.Module):
@@ -228,6 +232,7 @@ class MemoryTracker(EngineView):
                 autocast_dtype=state.autocast_dtype,
                 rounding=state.rounding,
                 kv_tokens=kv_tokens,
+                ddp_bucket_copy=self._ddp_bucket_copy,
             )
         except Exception as error:
             self._engine.guard.warn_once(

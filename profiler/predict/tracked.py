@@ -349,6 +349,7 @@ def predict_tracked(
     autocast_dtype: torch.dtype | None = None,
     rounding: int = 1,
     kv_tokens: int | None = None,
+    ddp_bucket_copy: bool = False,
 ) -> dict[Category, int | None]:
     """Predicted bytes per category for a tracked model and optimizer; never raises.
 
@@ -360,6 +361,7 @@ def predict_tracked(
         autocast_dtype: the autocast dtype in effect, if any.
         rounding: bytes each tensor is rounded up to (1 exact, 512 for the CUDA allocator).
         kv_tokens: tokens held per sequence in a KV cache, if one was seen.
+        ddp_bucket_copy: DDP wrapped the model with buckets that copy the gradients.
 
     Returns:
         A dict with every category; a value is None where no prediction can be made.
@@ -388,8 +390,9 @@ def predict_tracked(
                             if is_sharded(p)
                             else tensor_bytes(p, rounding)
                         )
-            if type(model).__name__ == "DistributedDataParallel" and not getattr(
-                model, "gradient_as_bucket_view", True
+            if ddp_bucket_copy or (
+                type(model).__name__ == "DistributedDataParallel"
+                and not getattr(model, "gradient_as_bucket_view", True)
             ):
                 grads *= 2  # DDP's buckets hold a flat copy of the gradients for the all-reduce
             result[Category.GRADIENTS] = grads

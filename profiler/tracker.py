@@ -20,7 +20,7 @@ import torch
 from profiler import saved, views
 from profiler.advice import Suggestion, suggest
 from profiler.errors import UsageError
-from profiler.integrations.unwrap import unwrap_model, unwrap_optimizer
+from profiler.integrations.unwrap import ddp_copies_gradients, unwrap_model, unwrap_optimizer
 from profiler.leaks import Leak, LeakDetector
 from profiler.predict.compare import compare
 from profiler.predict.gpus import find_gpu
@@ -107,10 +107,7 @@ class MemoryTracker(EngineView):
         max_steps: int = 20_000,
         history: bool | int = False,
     ) -> None:
-        # DDP's buckets copy the gradients unless they are views of them (gradient_as_bucket_view)
-        self._ddp_bucket_copy = type(model).__name__ == "DistributedDataParallel" and not getattr(
-            model, "gradient_as_bucket_view", True
-        )
+        self._ddp_bucket_copy = ddp_copies_gradients(model)
         # the real model and optimizer behind DDP / FSDP / torch.compile / AcceleratedOptimizer
         model, optimizer = unwrap_model(model), unwrap_optimizer(optimizer)
         if model is not None and not isinstance(model, torch.nn.Module):
@@ -210,8 +207,7 @@ class MemoryTracker(EngineView):
             engine.history.call(observer, "on_start", self)
 
     def update_predictions(self) -> None:
-        """Predict each category again from what the run has shown so far (batch, sequence,
-        optimizer state); the block's end does this too."""
+        """Predict each category again from what the run has shown so far (also done at exit)."""
         self._predict()
 
     def _predict(self) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["unwrap_model", "unwrap_optimizer"]
+__all__ = ["ddp_copies_gradients", "unwrap_model", "unwrap_optimizer"]
 
 
 def _wrappers() -> tuple[type, ...]:
@@ -36,6 +36,13 @@ def unwrap_model(model: Any) -> Any:
             return model
         model = inner
     return model
+
+
+def ddp_copies_gradients(model: Any) -> bool:
+    """Whether ``model`` is a DDP wrapper whose buckets copy the gradients (not views of them)."""
+    return isinstance(model, torch.nn.parallel.DistributedDataParallel) and not getattr(
+        model, "gradient_as_bucket_view", True
+    )
 
 
 def unwrap_optimizer(optimizer: Any) -> Any:

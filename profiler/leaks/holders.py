@@ -119,9 +119,17 @@ class _Found:
     filename: str | None
     first: int
     last: int | None
-    attribute: bool
-    module_owner: bool
     tensor_ids: set[int]
+    attribute: bool = False
+    module_owner: bool = False
+
+    @classmethod
+    def in_code(
+        cls, kind: str, name: str, owner: str, container: str, code: types.CodeType, held: set[int]
+    ) -> _Found:
+        """A holder named inside a function (a local or a closure's free variable)."""
+        first, last = code_range(code)
+        return cls(kind, name, owner, container, code.co_filename, first, last, held)
 
 
 class _HolderSearch:
@@ -169,24 +177,9 @@ class _HolderSearch:
         for f, local_vars in self.frame_locals:
             for var, value in local_vars.items():
                 if id(value) in ids:
-                    code = f.f_code
-                    first, last = code_range(code)
-                    kept = set(self.holds[id(value)])
-                    container = type(value).__name__
-                    self._add(
-                        _Found(
-                            kind="local",
-                            name=var,
-                            owner=code.co_name,
-                            container=container,
-                            filename=code.co_filename,
-                            first=first,
-                            last=last,
-                            attribute=False,
-                            module_owner=False,
-                            tensor_ids=kept,
-                        )
-                    )
+                    held = set(self.holds[id(value)])
+                    code, container = f.f_code, type(value).__name__
+                    self._add(_Found.in_code("local", var, code.co_name, container, code, held))
 
     def _level(self, frontier: list[Any], ids: set[int]) -> list[Any]:
         """Name the holders that refer to ``frontier``; return the containers one level up."""
@@ -233,21 +226,8 @@ class _HolderSearch:
                 if isinstance(func, types.FunctionType) and func.__closure__ is owner:
                     index = next(i for i, c in enumerate(owner) if c is cell)
                     code = func.__code__
-                    first, last = code_range(code)
-                    self._add(
-                        _Found(
-                            kind="closure",
-                            name=code.co_freevars[index],
-                            owner=func.__qualname__,
-                            container=container,
-                            filename=code.co_filename,
-                            first=first,
-                            last=last,
-                            attribute=False,
-                            module_owner=False,
-                            tensor_ids=set(held),
-                        )
-                    )
+                    name, qualname = code.co_freevars[index], func.__qualname__
+                    self._add(_Found.in_code("closure", name, qualname, container, code, set(held)))
 
     def _namespace(self, namespace: dict[Any, Any], ids: set[int]) -> bool:
         """A module's globals or an object's attributes: name them (False: a plain dict)."""
@@ -280,8 +260,6 @@ class _HolderSearch:
                         filename=filename,
                         first=1,
                         last=None,
-                        attribute=False,
-                        module_owner=False,
                         tensor_ids=kept,
                     )
                 )

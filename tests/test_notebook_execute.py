@@ -22,6 +22,7 @@ from test_notebook import Cells, exact  # noqa: E402
 from profiler.records import CATEGORIES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+KERNEL = "gpumem-test"
 
 TRAIN = """\
 import torch
@@ -48,7 +49,15 @@ def execute(tmp_path: Path, stem: str, session_name: str | None) -> dict:  # typ
     """Write ``stem.ipynb``, execute it in a fresh kernel, return the executed notebook."""
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [nbformat.v4.new_code_cell(TRAIN), nbformat.v4.new_code_cell(FACTS)]
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    # a kernel spec of this interpreter, first on Jupyter's path (a system "python3" spec could
+    # point at another Python)
+    spec = tmp_path / "data" / "kernels" / KERNEL
+    spec.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": KERNEL, "language": "python"})
+    )
+    notebook.metadata["kernelspec"] = {"name": KERNEL, "display_name": KERNEL}
     path = tmp_path / f"{stem}.ipynb"
     nbformat.write(notebook, path)
     env = {

@@ -39,7 +39,16 @@ __all__ = [
 
 #: Colour of each category, in ``CATEGORIES`` order (the same as :func:`profiler.plot.plot`).
 _COLOR = {str(c): COLORS[i] for i, c in enumerate(CATEGORIES)}
-_OTHER_COLOR = "#bab0ac"
+#: Colours of the parts that are not categories (overheads, a suggestion's saving, an OOM's
+#: request); anything else is grey.
+_PART_COLOR = {
+    "peak after": "#4c72b0",
+    "saves": "#b5dcb5",
+    "requested": "#e41a1c",
+    "CUDA context": "#bab0ac",
+    "allocator margin": "#dcd6d3",
+}
+_OTHER_COLOR = "#999999"
 _BOX = "font-family:sans-serif;font-size:0.9em;max-width:48em"
 _CELL = "padding:1px 8px;text-align:right"
 _FIRST = "padding:1px 8px;text-align:left"
@@ -120,26 +129,34 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _bar(parts: Iterable[tuple[str, int]], scale: int | None = None) -> str:
-    """A stacked bar of ``(label, bytes)`` parts, widths relative to ``scale`` (or their sum)."""
+def _bar(parts: Iterable[tuple[str, int]], capacity: int | None = None) -> str:
+    """A stacked bar of ``(label, bytes)`` parts, as shares of ``capacity`` (or of their sum);
+    parts that go over the capacity get a black line where it ends."""
     shown = [(label, int(value)) for label, value in parts if value and value > 0]
     total = sum(value for _, value in shown)
-    scale = max(scale or 0, total)
+    scale = max(capacity or 0, total)
     if scale <= 0:
         return ""
     cells = "".join(
         f'<div title="{_e(label)}: {_e(format_bytes(value))}" style="width:{100 * value / scale:.3f}%;'
-        f'background:{_COLOR.get(label, _OTHER_COLOR)}"></div>'
+        f'background:{_COLOR.get(label) or _PART_COLOR.get(label, _OTHER_COLOR)}"></div>'
         for label, value in shown
     )
+    if capacity is not None and 0 < capacity < total:
+        cells += (
+            f'<div title="capacity: {_e(format_bytes(capacity))}" style="position:absolute;'
+            f'left:{100 * capacity / scale:.3f}%;top:-3px;bottom:-3px;border-left:2px solid #000">'
+            "</div>"
+        )
     return (
-        '<div class="gpumem-bar" style="display:flex;height:14px;margin:4px 0;'
+        '<div class="gpumem-bar" style="display:flex;position:relative;height:14px;margin:4px 0;'
         f'border:1px solid #999;background:#f4f4f4">{cells}</div>'
     )
 
 
 def _swatch(label: str) -> str:
-    color = _COLOR.get(label)
+    """The label after a square of its colour in the bar (escaped)."""
+    color = _COLOR.get(label) or _PART_COLOR.get(label)
     if color is None:
         return _e(label)
     return (
@@ -151,7 +168,9 @@ def _swatch(label: str) -> str:
 def _table(head: Sequence[str], rows: Iterable[Sequence[Any]], *, raw_first: bool = False) -> str:
     """A table. An ``int`` cell is a byte count (shown in units, exact bytes on hover), ``None``
     is ``-``; text is escaped here (the first cell is taken as HTML with ``raw_first``)."""
-    header = "".join(f'<th style="{_CELL}">{_e(h)}</th>' for h in head)
+    header = "".join(
+        f'<th style="{_FIRST if i == 0 else _CELL}">{_e(h)}</th>' for i, h in enumerate(head)
+    )
     body = []
     for row in rows:
         cells = []
@@ -270,18 +289,23 @@ def suggestion_html(suggestion: Any) -> str:
     """A :class:`~profiler.advice.Suggestion`: the change, what it saves, whether it then fits."""
     fits = {True: "fits", False: "does not fit", None: "not known"}[suggestion.fits]
     rows: list[tuple[str, Any]] = [
-        ("saves", suggestion.saves_bytes),
-        ("peak after", suggestion.peak_after),
+        (_swatch("saves"), suggestion.saves_bytes),
+        (_swatch("peak after"), suggestion.peak_after),
         ("then", fits),
         ("measured", "replayed on fake tensors" if suggestion.verified else "estimate"),
     ]
-    rows += [(str(key), str(value)) for key, value in dict(suggestion.params).items()]
+    rows += [(_e(key), str(value)) for key, value in dict(suggestion.params).items()]
     after = suggestion.peak_after
     bar = ""
     if after is not None:
-        bar = _bar([("after", after), ("saves", suggestion.saves_bytes)])
+        bar = _bar([("peak after", after), ("saves", suggestion.saves_bytes)])
     detail = f"<div>{_e(suggestion.detail)}</div>" if suggestion.detail else ""
-    return _box(f"<b>suggestion</b>: {_e(suggestion.title)}", bar, _table(("", ""), rows), detail)
+    return _box(
+        f"<b>suggestion</b>: {_e(suggestion.title)}",
+        bar,
+        _table(("", ""), rows, raw_first=True),
+        detail,
+    )
 
 
 def oom_report_html(report: Any) -> str:
@@ -300,11 +324,11 @@ def oom_report_html(report: Any) -> str:
         f'<b style="color:#c44e52">out of memory</b> on {_e(report.device)}: {_e(report.message)}'
     )
     where = [
-        ("requested", report.requested),
+        (_swatch("requested"), report.requested),
         ("free", report.free),
         ("capacity", report.capacity),
         (
-            "step · phase · module",
+            _e("step · phase · module"),
             " · ".join(_text(v) for v in (report.step, report.phase, report.module)),
         ),
     ]
@@ -321,9 +345,13 @@ def oom_report_html(report: Any) -> str:
         for s in report.suggestions[:5]
     ]
     parts = [
-        _bar([(str(r.category), r.current) for r in report.breakdown], report.capacity),
+        _bar(
+            [*((str(r.category), r.current) for r in report.breakdown)]
+            + [("requested", report.requested or 0)],
+            report.capacity,
+        ),
         _table(("category", "current", "peak", "at peak", "predicted"), rows, raw_first=True),
-        _table(("", ""), where),
+        _table(("", ""), where, raw_first=True),
     ]
     if tensors:
         parts.append(_table(("largest tensors", "bytes", "category", "shape"), tensors))

@@ -174,6 +174,10 @@ def test_the_oom_report_shows_the_breakdown_at_the_failure(tmp_path: Path) -> No
     assert exact(cells.row("capacity")[1]) == 40_000
     for row in report.breakdown:
         assert exact(cells.row(str(row.category))[1]) == row.current
+    # the request goes past the capacity: the bar holds both, a line marks where the device ends
+    held = sum(row.current for row in report.breakdown) + 256 * 64 * 4
+    (left,) = re.findall(r"left:([0-9.]+)%", fragment)
+    assert float(left) == pytest.approx(100 * 40_000 / held, abs=0.001)
 
 
 def test_an_estimate_shows_its_categories_overheads_and_total() -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import stat
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -71,24 +72,23 @@ def notebook_name(
         The name; ``"notebook"`` in a kernel whose notebook cannot be found; ``None`` outside a
         notebook kernel (unless ``namespace`` is given).
     """
-    connection: str | None = None
+    in_kernel = namespace is None
     if namespace is None:
         shell = _kernel_shell()
         if shell is None:
             return None
         namespace = getattr(shell, "user_ns", None) or {}
-        connection = _connection_session()
     env = os.environ if environ is None else environ
     for candidate in (
         namespace.get("__vsc_ipynb_file__"),
         namespace.get("__session__"),
         env.get("JPY_SESSION_NAME"),
-        connection,
     ):
         name = _stem(candidate)
         if name is not None:
             return name
-    return "notebook"
+    name = _stem(_connection_session()) if in_kernel else None
+    return name or "notebook"
 
 
 def _kernel_shell() -> Any:
@@ -101,12 +101,17 @@ def _kernel_shell() -> Any:
     return shell if shell is not None and hasattr(shell, "kernel") else None
 
 
-def _connection_session() -> str | None:
-    """The ``jupyter_session`` field of this kernel's connection file (a local file)."""
+def _connection_session(path: str | None = None) -> str | None:
+    """The ``jupyter_session`` field of this kernel's connection file (a local file; ``path``
+    in place of the running kernel's)."""
     try:
-        from ipykernel.connect import get_connection_file
+        if path is None:
+            from ipykernel.connect import get_connection_file
 
-        with open(get_connection_file(), encoding="utf-8") as file:
+            path = get_connection_file()
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None  # a FIFO would block the kernel on open
+        with open(path, encoding="utf-8") as file:
             info = json.loads(file.read(_CONNECTION_LIMIT))
     except Exception:  # noqa: BLE001 - no connection file: no name from it
         return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 import re
 import warnings
 from html.parser import HTMLParser
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from profiler import SimulatedOutOfMemoryError, Suggestion, estimate, track_memory
-from profiler.notebook import estimate_html, notebook_name
+from profiler.notebook import _connection_session, estimate_html, notebook_name
 from profiler.records import CATEGORIES
 from profiler.units import format_bytes
 
@@ -214,6 +215,20 @@ def test_the_notebook_name_comes_from_the_first_source_that_has_one(
     namespace: dict[str, object], environ: dict[str, str], name: str
 ) -> None:
     assert notebook_name(namespace, environ) == name
+
+
+def test_the_connection_file_names_the_session_jupyter_client_started(tmp_path: Path) -> None:
+    path = tmp_path / "kernel-1.json"
+    path.write_text('{"shell_port": 1, "jupyter_session": "/srv/work/eval.ipynb", "key": "k"}')
+    assert _connection_session(str(path)) == "/srv/work/eval.ipynb"
+    for broken in ("", "[1, 2]", '{"jupyter_session": 3}', "{" * 100_000):
+        path.write_text(broken)
+        assert _connection_session(str(path)) is None
+    assert _connection_session(str(tmp_path / "missing.json")) is None
+    (tmp_path / "a directory").mkdir()
+    assert _connection_session(str(tmp_path / "a directory")) is None
+    os.mkfifo(tmp_path / "fifo")  # opening it would wait for a writer forever
+    assert _connection_session(str(tmp_path / "fifo")) is None
 
 
 @given(st.one_of(st.text(), st.none(), st.integers()), st.text())

@@ -133,6 +133,24 @@ def test_an_oom_closes_in_on_exception_with_the_post_mortem_and_no_hook(tmp_path
     assert not mem._engine.state.active
 
 
+def test_a_fault_in_gpumem_warns_once_and_training_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from profiler import views
+
+    def broken(*args: object, **kwargs: object) -> dict[str, int]:
+        raise RuntimeError("metrics broke")
+
+    monkeypatch.setattr(views, "metrics", broken)
+    callback = GpumemCallback(stream=False)
+    run = trainer(tmp_path, callback)
+    with pytest.warns(UserWarning, match="no figures logged") as caught:
+        run.fit(Classifier(), loader())
+    assert len([w for w in caught if "gpumem" in str(w.message)]) == 1
+    assert run.global_step == 3
+    assert callback.mem is not None and not callback.mem._engine.state.active
+
+
 def test_without_lightning_the_import_is_one_clear_error() -> None:
     code = (
         "import sys; sys.modules['lightning'] = None\n"

@@ -24,6 +24,7 @@ Validation and test loops run outside ``fit`` (``trainer.validate``) are not tra
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -58,6 +59,7 @@ class GpumemCallback(pl.Callback):  # type: ignore[misc]
         self.options = options
         self.mem: MemoryTracker | None = None
         self._open = False
+        self._warned = False
 
     # ------------------------------------------------------------------ Lightning events
 
@@ -108,9 +110,15 @@ class GpumemCallback(pl.Callback):  # type: ignore[misc]
         mem = self.mem
         if mem is None:
             return
-        if self._open:
-            mem.update_predictions()
-        figures = views.metrics(mem, leaks=len(mem.leaks()), prefix="")
+        try:
+            if self._open:
+                mem.update_predictions()
+            figures = views.metrics(mem, leaks=len(mem.leaks()), prefix="")
+        except Exception as error:  # noqa: BLE001 - gpumem's fault must not stop training
+            if not self._warned:
+                self._warned = True
+                warnings.warn(f"gpumem: no figures logged ({error!r})", stacklevel=2)
+            figures = {}  # still gathered: every rank stays in step
         per_rank = _gathered(figures, trainer)
         if not trainer.is_global_zero:
             return  # rank 0 logs every rank's figures
@@ -126,7 +134,8 @@ class GpumemCallback(pl.Callback):  # type: ignore[misc]
                     for rank, values in enumerate(per_rank)
                     for name, value in values.items()
                 }
-            logger.log_metrics(keyed, step=step)
+            if keyed:
+                logger.log_metrics(keyed, step=step)
 
 
 def _gathered(figures: dict[str, int], trainer: Any) -> list[dict[str, int]] | None:

@@ -22,6 +22,7 @@ from profiler.advice import Suggestion, suggest
 from profiler.errors import UsageError
 from profiler.integrations.unwrap import ddp_copies_gradients, unwrap_model, unwrap_optimizer
 from profiler.leaks import Leak, LeakDetector
+from profiler.notebook import TrackerHtml
 from profiler.predict.compare import compare
 from profiler.predict.gpus import find_gpu
 from profiler.predict.tracked import predict_tracked
@@ -63,7 +64,7 @@ def track_memory(
     return MemoryTracker(model, optimizer, **options)
 
 
-class MemoryTracker(EngineView):
+class MemoryTracker(EngineView, TrackerHtml):
     """Attributes every byte to a category and a module, live, step by step.
 
     Args:

@@ -42,6 +42,12 @@ class Suggestion:
     verified: bool = False
     replayed_peak: int | None = None
 
+    def _repr_html_(self) -> str:
+        """The suggestion as HTML for notebooks (:func:`profiler.notebook.suggestion_html`)."""
+        from profiler.notebook import suggestion_html
+
+        return suggestion_html(self)
+
 
 @dataclass(frozen=True, slots=True)
 class Moment:

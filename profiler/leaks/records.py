@@ -178,3 +178,9 @@ class Leak:
             "capacity_time": self.capacity_time,
             "evidence": self.evidence.as_dict(),
         }
+
+    def _repr_html_(self) -> str:
+        """The leak as HTML for notebooks (:func:`profiler.notebook.leak_html`)."""
+        from profiler.notebook import leak_html
+
+        return leak_html(self)

@@ -179,6 +179,12 @@ class OomReport:
         values = [row.predicted for row in self.breakdown if row.predicted is not None]
         return sum(values) if values else None
 
+    def _repr_html_(self) -> str:
+        """The post-mortem as HTML for notebooks (:func:`profiler.notebook.oom_report_html`)."""
+        from profiler.notebook import oom_report_html
+
+        return oom_report_html(self)
+
 
 # -- JSON ------------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import torch
 
 from profiler.backends import cuda
 from profiler.errors import UsageError
+from profiler.notebook import notebook_name
 from profiler.tracking.state import Mode
 from profiler.units import parse_bytes
 
@@ -140,7 +141,12 @@ def device_filter(device: torch.device | None) -> Callable[[torch.Tensor], bool]
 
 
 def default_name() -> str:
-    """The session's default name: the script's file name without ``.py`` (else ``python``)."""
+    """The session's default name: in a notebook kernel the notebook's (else ``notebook``, see
+    :func:`profiler.notebook.notebook_name`), else the script's file name without ``.py`` (else
+    ``python``)."""
+    in_notebook = notebook_name()
+    if in_notebook is not None:
+        return in_notebook
     argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
     base = os.path.basename(argv0)
     if base in ("", "-c", "-m"):

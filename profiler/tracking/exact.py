@@ -40,9 +40,11 @@ from profiler.tracking.state import (
     CALLS,
     FWD_PEAK,
     INCL,
+    MICROBATCH,
     OWN,
     EngineState,
     Mode,
+    enter_microbatch,
     new_module_stats,
 )
 
@@ -152,6 +154,8 @@ class ExactStrategy:
             if stats is None:
                 stats = state.module_stats[name] = new_module_stats()
             stats[CALLS] += 1
+            if stats[MICROBATCH] != state.microbatch:
+                enter_microbatch(stats, state.microbatch)
             if type(module) is _optimized_module_class():
                 self._compiled_enters(args)
             if not state.module_frames:

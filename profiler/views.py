@@ -70,13 +70,22 @@ def timeline(run: RunView) -> pd.DataFrame:
 
 
 def modules(run: RunView) -> pd.DataFrame:
-    """One row per module FQN: activation bytes saved in its forward, forward/backward peaks.
+    """One row per module FQN: activations saved per micro-batch, forward/backward peaks, calls.
 
-    ``activations`` counts what the module itself saved (its children's are theirs);
-    ``activations_inclusive`` adds its descendants'. Peaks are the highest total seen while the
-    module's forward (backward) ran, above the total when it started. NaN where the mode does not
-    measure it: backward peaks need exact mode; fast mode without per-module counter reads (a
-    slow counter) measures calls only.
+    A micro-batch is one forward pass of the outermost module (gradient accumulation runs
+    several per optimizer step); every figure but ``calls`` is the most in any one micro-batch,
+    never a sum over them:
+
+    * ``activations``: bytes the module itself saved for backward (its children's are theirs),
+      recomputed ones included under activation checkpointing (they are the recomputing
+      module's).
+    * ``activations_inclusive``: the same with its descendants'.
+    * ``forward_peak`` / ``backward_peak``: the highest total seen while one forward (backward)
+      of the module ran, above the total when it started.
+    * ``calls``: a total, the module's forward calls over the whole run (recomputations count).
+
+    NaN where the mode does not measure it: backward peaks need exact mode; fast mode without
+    per-module counter reads (a slow counter) measures calls only.
     """
     import pandas as pd
 

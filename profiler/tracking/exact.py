@@ -33,15 +33,18 @@ from profiler.records import Event, EventKind, Phase
 from profiler.tracking.guard import Guard, Part
 from profiler.tracking.hooks import HookSet
 from profiler.tracking.phases import TENSOR_HOOKS, PhaseTracker, graph_task_id, is_compiling
+from profiler.tracking.recompute import Recomputation
 from profiler.tracking.state import (
     BASE,
     BWD_PEAK,
     CALLS,
     FWD_PEAK,
     INCL,
+    MICROBATCH,
     OWN,
     EngineState,
     Mode,
+    enter_microbatch,
     new_module_stats,
 )
 
@@ -82,7 +85,12 @@ class ExactStrategy:
         self._saved: Any = None
         #: The distributed watch (FSDP/DDP buffers), set by the engine.
         self.shards: Any = None
+        #: Checkpoint's recomputations in backward (their saved tensors are activations).
+        self.recompute = Recomputation(self._save_recomputed)
+        #: The storages a non-reentrant recomputation saved, released at the backward's end.
+        self._recomputed: list[StorageEntry] = []
         guard.on_switch_off(self._switched_off)
+        phases.register_user_hooks(on_backward_end=self._release_recomputed)
 
     # ------------------------------------------------------------------ on and off
 
@@ -128,7 +136,9 @@ class ExactStrategy:
         if is_compiling():
             return None  # traced by torch.compile: stay out of the graph (no graph break)
         state = self.state
-        if Part.MODULE_HOOKS in self.guard.disabled or state.thread != get_ident():
+        if Part.MODULE_HOOKS in self.guard.disabled or (
+            state.thread != get_ident() and graph_task_id() == -1  # autograd's device threads
+        ):
             return None
         try:
             name = state.module_name(module)
@@ -136,12 +146,16 @@ class ExactStrategy:
             if not stack:
                 self.phases.forward_starts()
             stack.append(name)
+            if state.phase is _BACKWARD and graph_task_id() != -1:
+                self.recompute.module_starts()  # checkpoint recomputes
             ledger = state.ledger
             ledger.module = name
             stats = state.module_stats.get(name)
             if stats is None:
                 stats = state.module_stats[name] = new_module_stats()
             stats[CALLS] += 1
+            if stats[MICROBATCH] != state.microbatch:
+                enter_microbatch(stats, state.microbatch)
             if type(module) is _optimized_module_class():
                 self._compiled_enters(args)
             if not state.module_frames:
@@ -160,7 +174,9 @@ class ExactStrategy:
         if is_compiling():
             return None  # traced by torch.compile: stay out of the graph (no graph break)
         state = self.state
-        if Part.MODULE_HOOKS in self.guard.disabled or state.thread != get_ident():
+        if Part.MODULE_HOOKS in self.guard.disabled or (
+            state.thread != get_ident() and graph_task_id() == -1  # autograd's device threads
+        ):
             return None
         try:
             stack = state.module_stack
@@ -176,7 +192,9 @@ class ExactStrategy:
                 peak = ledger.pop_frame() if ledger.frames else 0
                 if peak - stats[BASE] > stats[FWD_PEAK]:
                     stats[FWD_PEAK] = peak - stats[BASE]
-            ledger.module = stack[-1] if stack else None
+            # a recomputation's end (in backward) gives the ledger back to the backward module
+            backward = state.backward_stack
+            ledger.module = stack[-1] if stack else backward[-1] if backward else None
             if torch.is_grad_enabled():
                 self.hook_first(name, output, starting=True)
             if not stack:
@@ -283,22 +301,59 @@ class ExactStrategy:
                 entry.saves += 1
                 return _Saved(tensor, entry, ledger)
             if entry.cat == TEMPORARIES:
-                module = ledger.module
-                ledger.reclassify(entry, ACTIVATIONS)
-                entry.saves = 1
-                entry.module = module
-                if module is not None:
-                    stats = state.module_stats.get(module)
-                    if stats is not None:
-                        stats[OWN] += entry.nbytes
-                    for outer in state.module_stack:
-                        outer_stats = state.module_stats.get(outer)
-                        if outer_stats is not None:
-                            outer_stats[INCL] += entry.nbytes
+                self._book_saved(entry)
                 return _Saved(tensor, entry, ledger)
         except Exception as error:
             self.guard.fail(Part.SAVED_TENSORS, error)
         return tensor
+
+    def _book_saved(self, entry: StorageEntry) -> None:
+        """A temporary autograd keeps: an activation of the innermost module (and its outers')."""
+        state = self.state
+        module = state.ledger.module
+        state.ledger.reclassify(entry, ACTIVATIONS)
+        entry.saves = 1
+        entry.module = module
+        if module is not None:
+            stats = state.module_stats.get(module)
+            if stats is not None:
+                stats[OWN] += entry.nbytes
+            for outer in state.module_stack:
+                outer_stats = state.module_stats.get(outer)
+                if outer_stats is not None:
+                    outer_stats[INCL] += entry.nbytes
+
+    def _save_recomputed(self, tensor: torch.Tensor) -> None:
+        """A tensor a non-reentrant checkpoint recomputation keeps for backward: an activation
+        of the recomputing module, as the same tensor saved in a plain forward would be."""
+        if not self.on or Part.SAVED_TENSORS in self.guard.disabled:
+            return
+        try:
+            entry = self.state.ledger.entry_of(tensor)
+            if entry is None:
+                return
+            if entry.cat == TEMPORARIES:
+                self._book_saved(entry)
+                self._recomputed.append(entry)
+            elif entry.cat == ACTIVATIONS:
+                entry.saves += 1
+                self._recomputed.append(entry)
+        except Exception as error:
+            self.guard.fail(Part.SAVED_TENSORS, error)
+
+    def _release_recomputed(self) -> None:
+        """The backward pass ended: what recomputations saved and is still alive is no longer
+        kept for backward (checkpoint dropped it), so its activation role ends."""
+        recomputed, self._recomputed = self._recomputed, []
+        ledger = self.state.ledger
+        for entry in recomputed:
+            entry.saves -= 1
+            if (
+                entry.saves <= 0
+                and entry.cat == ACTIVATIONS
+                and ledger.entries.get(entry.key) is entry
+            ):
+                ledger.reclassify(entry, TEMPORARIES, follow_peak=False)
 
 
 def _optimized_module_class() -> type | None:

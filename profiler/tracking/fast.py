@@ -27,9 +27,11 @@ from profiler.tracking.state import (
     CALLS,
     FWD_PEAK,
     INCL,
+    MICROBATCH,
     OWN,
     EngineState,
     Mode,
+    enter_microbatch,
     new_module_stats,
 )
 
@@ -182,6 +184,8 @@ class FastStrategy:
             if stats is None:
                 stats = state.module_stats[name] = new_module_stats()
             stats[CALLS] += 1
+            if stats[MICROBATCH] != state.microbatch:
+                enter_microbatch(stats, state.microbatch)
             if state.module_frames:
                 current = self.read_current()
                 total = current + self.offset

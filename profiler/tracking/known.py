@@ -4,6 +4,12 @@ Their category is known from what holds them, so both strategies charge them exa
 ledger: the model's parameters and buffers at entry, gradients as they land (exact mode) or once
 per backward end (fast mode), optimizer state after each step, KV caches when the model is handed
 or returns one.
+
+fp32 master weights are optimizer state: a mixed-precision recipe keeps the model in bf16/fp16
+and gives the optimizer fp32 copies of its parameters (apex's and DeepSpeed's fp16 optimizers do
+the same). An optimizer parameter that is not one of the model's, is fp32, and has the shape of a
+16-bit model parameter (or as many elements as all of them: one flat buffer) is charged as
+``optimizer``, as ``profiler.predict.estimate`` books master weights.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from profiler.tracking.state import EngineState
 __all__ = ["KnownTensors"]
 
 Tensor = torch.Tensor
+_HALF = (torch.bfloat16, torch.float16)
 
 
 class KnownTensors:
@@ -45,6 +52,14 @@ class KnownTensors:
         self._kv_walked: set[int] = set()
         #: per optimizer: (state entries, param groups) at its last state scan.
         self._opt_sizes: dict[int, tuple[int, int]] = {}
+        #: the shapes of the model's 16-bit float parameters, and their elements in all (an
+        #: optimizer's fp32 parameter like one of them is a master copy).
+        self._half_shapes: set[tuple[int, ...]] = set()
+        self._half_numel = 0
+        #: ids of the model's parameters (never master copies).
+        self._model_params: set[int] = set()
+        #: ids of the optimizers found updating master copies (their gradients need a scan).
+        self._master_optimizers: set[int] = set()
 
     # ------------------------------------------------------------------ at entry
 
@@ -65,6 +80,9 @@ class KnownTensors:
         wanted = state.is_wanted
         params = trainable = 0
         seen: set[int] = set()
+        self._half_shapes = half_shapes = set()
+        self._half_numel = 0
+        self._model_params = seen
         for fqn, module in model.named_modules():
             ledger.module = fqn or type(model).__name__
             for param in module.parameters(recurse=False):
@@ -72,6 +90,9 @@ class KnownTensors:
                     seen.add(id(param))
                     params += param.numel()
                     trainable += param.numel() if param.requires_grad else 0
+                    if param.dtype in _HALF:
+                        half_shapes.add(tuple(param.shape))
+                        self._half_numel += param.numel()
                 if wanted(param):
                     ledger.claim(param, WEIGHTS)
                 if param.grad is not None and wanted(param.grad):
@@ -104,6 +125,7 @@ class KnownTensors:
         self.hooked.clear()
         self.grad_params.clear()
         self._opt_sizes.clear()
+        self._master_optimizers.clear()
         self._kv_walked.clear()
 
     def new_step(self) -> None:
@@ -143,7 +165,10 @@ class KnownTensors:
         hooked = self.hooked
         wanted = state.is_wanted
         for optimizer in state.optimizers():
-            if grads and len(hooked) < sum(len(g["params"]) for g in optimizer.param_groups):
+            if grads and (
+                id(optimizer) in self._master_optimizers
+                or len(hooked) < sum(len(g["params"]) for g in optimizer.param_groups)
+            ):
                 for group in optimizer.param_groups:
                     for param in group["params"]:
                         grad = param.grad
@@ -154,6 +179,8 @@ class KnownTensors:
                 if changed_only and self._opt_sizes.get(id(optimizer)) == sizes:
                     continue
                 self._opt_sizes[id(optimizer)] = sizes
+                if self._half_shapes:
+                    self._claim_master_weights(optimizer)
             for param_state in optimizer.state.values() if opt_state else ():
                 if type(param_state) is not dict:
                     continue
@@ -167,6 +194,26 @@ class KnownTensors:
                     # Steady state: every state tensor is known already; one lookup each.
                     if (entry is None or entry.cat != OPTIMIZER) and wanted(value):
                         ledger.claim(value, OPTIMIZER)
+
+    def _claim_master_weights(self, optimizer: torch.optim.Optimizer) -> None:
+        """Charge the fp32 master copies of 16-bit model parameters an optimizer updates."""
+        state = self.state
+        ledger = state.ledger
+        shapes = self._half_shapes
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if (
+                    isinstance(param, Tensor)
+                    and param.dtype is torch.float32
+                    and (tuple(param.shape) in shapes or param.numel() == self._half_numel)
+                    and id(param) not in self._model_params
+                    and state.is_wanted(param)
+                ):
+                    # made before the block (other), or inside it: a temporary, or weights for
+                    # a cast of a weight (``p.detach().float()``)
+                    ledger.claim(param, OPTIMIZER, only_from=(OTHER, TEMPORARIES, WEIGHTS))
+                    if ledger.category_of(param) == OPTIMIZER:
+                        self._master_optimizers.add(id(optimizer))
 
     # ------------------------------------------------------------------ inputs and KV caches
 

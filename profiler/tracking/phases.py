@@ -68,6 +68,7 @@ class PhaseTracker:
             self.history.sample(previous)
         if phase is Phase.FORWARD:
             self._probe_autocast()
+            state.microbatch += 1  # each forward of the outermost module is a micro-batch
         state.phase = phase
         if phase is Phase.FORWARD:
             self.history.sample()

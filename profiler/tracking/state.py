@@ -23,7 +23,7 @@ from profiler.records import CATEGORIES, Category, Failure, ModuleActivity, Phas
 if TYPE_CHECKING:
     from profiler.tracking.options import Options
 
-__all__ = ["CALLS", "EngineState", "Mode", "ModuleStats", "new_module_stats"]
+__all__ = ["CALLS", "EngineState", "Mode", "ModuleStats", "enter_microbatch", "new_module_stats"]
 
 
 class Mode(StrEnum):
@@ -34,16 +34,28 @@ class Mode(StrEnum):
 
 
 # Per-module statistics, one list of ints per module FQN (the hot path indexes it): calls;
-# activation bytes saved by the module itself in this step and the most in any step; the same
-# with its descendants; the highest total above the starting one during its forward and its
-# backward; the total when it started.
-CALLS, OWN, OWN_MAX, INCL, INCL_MAX, FWD_PEAK, BWD_PEAK, BASE = range(8)
+# activation bytes saved by the module itself in this micro-batch and the most in any one; the
+# same with its descendants; the highest total above the starting one during its forward and its
+# backward; the total when it started; the micro-batch its OWN and INCL belong to.
+CALLS, OWN, OWN_MAX, INCL, INCL_MAX, FWD_PEAK, BWD_PEAK, BASE, MICROBATCH = range(9)
 ModuleStats = list[int]
 
 
 def new_module_stats() -> ModuleStats:
     """A fresh per-module statistics list (all zeros)."""
-    return [0] * 8
+    return [0] * 9
+
+
+def enter_microbatch(stats: ModuleStats, microbatch: int) -> None:
+    """A module's first forward in ``microbatch``: the last one's activations are folded into
+    the most in any micro-batch, and counting starts again (gradient accumulation runs several
+    micro-batches per step; each is a forward pass of the outermost module)."""
+    if stats[OWN] > stats[OWN_MAX]:
+        stats[OWN_MAX] = stats[OWN]
+    if stats[INCL] > stats[INCL_MAX]:
+        stats[INCL_MAX] = stats[INCL]
+    stats[OWN] = stats[INCL] = 0
+    stats[MICROBATCH] = microbatch
 
 
 class EngineState:
@@ -66,6 +78,7 @@ class EngineState:
         "kv_cache_reused",
         "kv_tokens",
         "ledger",
+        "microbatch",
         "mode",
         "model_class",
         "model_ref",
@@ -146,6 +159,8 @@ class EngineState:
         #: Fast mode: per-module figures from every this many steps (0: from every step).
         self.module_every = 0
         self.failure: Failure | None = None
+        #: Forward passes of the outermost module so far (micro-batches; 0 before the first).
+        self.microbatch = 0
         self.observed_batch: int | None = None
         self.observed_seq: int | None = None
         #: Positions per sequence held by the largest KV cache seen (``None``: no cache seen).

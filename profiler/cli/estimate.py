@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "model",
         nargs="?",
-        help="a preset (see --list), a path to config.json, or a parameter count like 7B",
+        help="a preset (see --list), a path to config.json, a Hugging Face model id (its "
+        "config only), or a parameter count like 7B",
     )
     parser.add_argument("--list", action="store_true", help="list the model presets and exit")
     parser.add_argument(
@@ -160,17 +161,8 @@ def limits(model: Any, options: dict[str, Any], gpu: Any) -> dict[str, int | Non
 
     base = estimate(model, **options)
     seq, batch = base.seq, base.batch
-    longest = 1 << 22
-    if isinstance(model, str) and not isinstance(model, bool):
-        from profiler.predict.modelshape import shape_from_config
-        from profiler.predict.presets import find_preset, load_preset
-
-        try:
-            shape = shape_from_config(load_preset(find_preset(model)))
-        except Exception:  # noqa: BLE001 - a config path: no cap beyond the search range
-            shape = None
-        if shape is not None and shape.max_positions:
-            longest = shape.max_positions
+    # every source knows its limit: the real config class, a config file, a preset
+    longest = base.max_positions or 1 << 22
 
     def batch_fits(n: int) -> bool:
         return estimate(model, **{**options, "batch": n, "seq": seq}).fits(gpu)
@@ -181,7 +173,7 @@ def limits(model: Any, options: dict[str, Any], gpu: Any) -> dict[str, int | Non
     return {
         "max_batch": _largest(batch_fits, 1, 1 << 16),
         "max_seq": _largest(seq_fits, 1, longest),
-        "seq_limit": longest if longest != 1 << 22 else None,
+        "seq_limit": base.max_positions,
     }
 
 
@@ -229,9 +221,17 @@ def _render(est: Any, gpus: list[Any], extra: dict[str, Any], out: Any) -> None:
         f"{'seq' if est.mode != 'inference' else 'context'} {est.seq} · "
         f"{est.parameters / 1e9:.2f}B parameters\n\n"
     )
-    out.write(f"{'category':<18} {'GB':>9} {'bytes':>11}\n")
+    out.write(f"source: {est.source}\n\n")
+    out.write(f"{'category':<18} {'GB':>9} {'bytes':>11}  source\n")
+    sources = est.category_sources
     for category, nbytes in est.categories.items():
-        out.write(f"{str(category):<18} {format_gb(nbytes):>9} {format_bytes(nbytes):>11}\n")
+        out.write(
+            f"{str(category):<18} {format_gb(nbytes):>9} {format_bytes(nbytes):>11}"
+            f"  {sources[category]}\n"
+        )
+    if est.ssm_state:
+        nbytes = est.ssm_state
+        out.write(f"{'ssm_state':<18} {format_gb(nbytes):>9} {format_bytes(nbytes):>11}\n")
     for line in est.overheads:
         out.write(f"{line.name:<18} {format_gb(line.bytes):>9} {format_bytes(line.bytes):>11}\n")
     out.write(f"{'total':<18} {format_gb(est.total):>9} {format_bytes(est.total):>11}\n")

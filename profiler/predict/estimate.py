@@ -248,6 +248,9 @@ def estimate(
     source = resolve(model, params)
     limit = source.max_positions
     seq = _positive("seq", seq if seq is not None else min(2048, limit or 2048))
+    notes: list[str] = []
+    if limit is not None and seq > limit:
+        notes.append(f"seq {seq} is beyond the model's max_position_embeddings ({limit})")
     fmt = find_format(precision or _default_precision(mode, source))
     _check_combination(mode, fmt, precision)
     spec = (find_gpu(gpu) if isinstance(gpu, str) else gpu) if gpu is not None else None
@@ -264,7 +267,6 @@ def estimate(
         lora_targets=lora_targets,
     )
     values = dict.fromkeys(CATEGORIES, 0)
-    notes: list[str] = []
     _weights(plan, values)
     trainable, stepped = _training_state(
         plan, values, notes, master_weights=master_weights, optimizer_dtype=optimizer_dtype
@@ -302,7 +304,7 @@ def estimate(
         trainable_parameters=trainable,
         bytes=tuple(values[c] for c in CATEGORIES),
         overheads=overheads,
-        notes=(f"source: {source.label}", *notes),
+        notes=tuple(notes),
         margin_fraction=margin,
         source=source.label,
         sources=_category_sources(plan),

@@ -341,3 +341,37 @@ def test_gpu_limit_respects_max_positions_on_a_config_path(tmp_path: Path) -> No
     found = limits(str(path), {"gpu": gpu}, gpu)
     assert found["seq_limit"] == 4096 and found["max_seq"] == 4096
     assert found["max_batch"] is not None
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {**_BASE, "model_type": "llama", "num_key_value_heads": 2, "num_hidden_layers": 10},
+        {
+            **_BASE,
+            "model_type": "gemma2",
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "sliding_window": 8,
+            "num_hidden_layers": 12,
+            "layer_types": ["sliding_attention", "full_attention"] * 6,
+        },
+        {**_BASE, "model_type": "mixtral", "num_local_experts": 4, "num_hidden_layers": 9},
+    ],
+    ids=["llama", "gemma2-alternating", "mixtral"],
+)
+def test_scaling_by_layer_count_equals_the_full_build(config: dict) -> None:
+    from profiler.predict import measured
+
+    scaled = measured._measure_scaled(dict(config))
+    assert scaled is not None
+    assert scaled == measured._measure_full(dict(config))
+    assert scaled.parameters == _unique_numel(_real(config))
+
+
+def test_layers_placed_by_index_are_built_whole() -> None:
+    from profiler.predict import measured
+
+    config = {**TINY["deepseek-v3 (MLA, DeepSeekMoE)"], "num_hidden_layers": 12}
+    assert measured._measure_scaled(dict(config)) is None
+    assert measure_config(config).parameters == _unique_numel(_real(config))

@@ -23,6 +23,7 @@ Results are cached per config, so a ``--gpu`` search builds the model once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import re
@@ -164,6 +165,13 @@ def measure_config(config: Mapping[str, Any]) -> MeasuredModel:
 @lru_cache(maxsize=32)
 def _measure_cached(key: str) -> MeasuredModel:
     cleaned = json.loads(key)
+    scaled = _measure_scaled(cleaned)
+    return scaled if scaled is not None else _measure_full(cleaned)
+
+
+def _measure_full(cleaned: dict[str, Any]) -> MeasuredModel:
+    """Build the whole model on meta and measure it."""
+    cleaned = dict(cleaned)
     with _quiet():
         try:
             model = _build(cleaned)
@@ -176,8 +184,6 @@ def _measure_cached(key: str) -> MeasuredModel:
             per_token, constant, state = _probe_cache(model)
         except Exception as exc:  # noqa: BLE001 - a forward the meta device cannot run
             raise _build_error(cleaned, exc, "run the forward of") from None
-    import dataclasses
-
     cfg = model.config
     windows = sorted({int(w) for w in [getattr(cfg, "sliding_window", None) or 0] if w})
     return dataclasses.replace(
@@ -245,6 +251,122 @@ def _max_positions(cfg: Any) -> int | None:
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 return value
     return None
+
+
+# -- scaling by layer count -------------------------------------------------------------------
+
+#: The config fields that hold the layer count (Llama names, GPT-2 names).
+_LAYER_FIELDS = ("num_hidden_layers", "n_layer")
+#: Fields that grow by the same amount with each repeated group of identical layers.
+_LINEAR = (
+    "parameters",
+    "trainable",
+    "trainable_bytes",
+    "small",
+    "buffer_elements",
+    "buffer_bytes_fixed",
+    "adafactor_elements",
+    "kv_per_token",
+    "kv_constant",
+    "state_elements",
+)
+_SAME = ("class_name", "embeddings", "head", "tied", "max_positions", "windows")
+#: Below this many layers the whole model is built (it is fast enough).
+SCALE_FROM_LAYERS = 9
+#: Fields that place layers by index: a config holding one is built whole.
+_BY_INDEX = (
+    "first_k_dense_replace",
+    "mlp_only_layers",
+    "decoder_sparse_step",
+    "moe_layer_freq",
+    "max_window_layers",
+    "sliding_window_pattern",
+    "attn_layer_period",
+    "attn_layer_offset",
+    "expert_layer_period",
+    "expert_layer_offset",
+    "layers_block_type",
+    "hybrid_override_pattern",
+    "full_attention_interval",
+    "no_rope_layers",
+    "interleave_moe_layer_step",
+    "moe_layer_start_index",
+    "num_dense_layers",
+)
+
+
+def _period(types: Any, layers: int) -> int | None:
+    """The smallest repeating period of a per-layer pattern (1 without one); None if none."""
+    if types is None:
+        return 1
+    if not isinstance(types, list) or len(types) != layers:
+        return None
+    for period in range(1, layers // 4 + 1):
+        if layers % period == 0 and all(types[i] == types[i % period] for i in range(layers)):
+            return period
+    return None
+
+
+def _truncated(cfg: dict[str, Any], field: str, layers: int) -> dict[str, Any]:
+    out = {**cfg, field: layers}
+    if isinstance(cfg.get("layer_types"), list):
+        out["layer_types"] = cfg["layer_types"][:layers]
+    return out
+
+
+def _measure_scaled(cfg: dict[str, Any]) -> MeasuredModel | None:
+    """Measure 1, 2 and 3 groups of layers and extrapolate, where that is exact.
+
+    Used when the config repeats one group of layers (no pattern, or a periodic
+    ``layer_types``): every per-layer figure must grow by the same amount from one group to
+    two and from two to three, and the second group's matrices must mirror the first's, or
+    the whole model is built instead (DeepSeek's first dense layers, for instance).
+    """
+    field = next((f for f in _LAYER_FIELDS if isinstance(cfg.get(f), int)), None)
+    if field is None or isinstance(cfg.get(field), bool) or cfg[field] < SCALE_FROM_LAYERS:
+        return None
+    layers = int(cfg[field])
+    ignored = {"decoder_sparse_step"}
+    if cfg.get("use_sliding_window") is False:  # Qwen2: max_window_layers only with windows
+        ignored.add("max_window_layers")
+    if any(cfg.get(k) not in (None, [], 0) for k in _BY_INDEX if k not in ignored):
+        return None
+    if cfg.get("decoder_sparse_step") not in (None, 1) or any(
+        isinstance(v, list) and len(v) == layers for k, v in cfg.items() if k != "layer_types"
+    ):
+        return None
+    period = _period(cfg.get("layer_types"), layers)
+    if period is None or layers < 4 * period:
+        return None
+    parts = [_measure_full(_truncated(cfg, field, n * period)) for n in (1, 2, 3)]
+    return _extrapolate(parts, layers // period, period)
+
+
+def _shifted(m: QuantMatrix, offset: int) -> QuantMatrix:
+    layer = m.layer + offset
+    name = _LAYER.sub(f".{layer}.", f".{m.name}.", count=1)[1:-1]
+    return dataclasses.replace(m, name=name, layer=layer)
+
+
+def _extrapolate(parts: list[MeasuredModel], groups: int, period: int) -> MeasuredModel | None:
+    one, two, three = parts
+    if any(getattr(one, f) != getattr(p, f) for f in _SAME for p in (two, three)):
+        return None
+    values: dict[str, Any] = {}
+    for f in _LINEAR:
+        a, b, c = getattr(one, f), getattr(two, f), getattr(three, f)
+        if a is None or b is None or c is None or b - a != c - b:
+            return None
+        values[f] = a + (groups - 1) * (b - a)
+    first = [m for m in one.matrices if _LAYER.search(f".{m.name}.")]
+    outside = [m for m in one.matrices if not _LAYER.search(f".{m.name}.")]
+    second = [m for m in two.matrices if m.layer >= period and _LAYER.search(f".{m.name}.")]
+    if [_shifted(m, period) for m in first] != second:
+        return None
+    matrices = [_shifted(m, g * period) for g in range(groups) for m in first]
+    return dataclasses.replace(
+        one, **values, matrices=tuple(matrices + outside), layers=groups * period
+    )
 
 
 # -- the module tree ---------------------------------------------------------------------------

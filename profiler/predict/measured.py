@@ -411,7 +411,7 @@ def measure_module(model: Any) -> MeasuredModel:
                 counts["trainable"] += n
                 counts["trainable_bytes"] += n * param.element_size()
             kind = type(module).__name__
-            if param is head_weight and not tied:
+            if not tied and id(param) == id(head_weight):
                 head = (int(param.shape[0]), int(param.shape[1]))
             elif isinstance(module, torch.nn.Embedding) and pname == "weight":
                 embeddings.append((int(param.shape[0]), int(param.shape[1])))

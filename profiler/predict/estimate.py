@@ -354,6 +354,8 @@ def _category_sources(plan: _Plan) -> tuple[str, ...]:
     for category in CATEGORIES:
         if category in (Category.ACTIVATIONS, Category.TEMPORARIES):
             rows.append(APPROXIMATE if plan.source.shape is not None else "not estimated")
+        elif category == Category.KV_CACHE and plan.mode != "inference":
+            rows.append("none in training")
         elif category == Category.KV_CACHE and plan.measured is not None:
             rows.append(measured if plan.measured.kv_per_token is not None else APPROXIMATE)
         else:

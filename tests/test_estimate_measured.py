@@ -375,3 +375,18 @@ def test_layers_placed_by_index_are_built_whole() -> None:
     config = {**TINY["deepseek-v3 (MLA, DeepSeekMoE)"], "num_hidden_layers": 12}
     assert measured._measure_scaled(dict(config)) is None
     assert measure_config(config).parameters == _unique_numel(_real(config))
+
+
+def test_adamw_8bit_state_follows_bitsandbytes_per_real_tensor() -> None:
+    config = {**_BASE, "model_type": "llama", "num_key_value_heads": 2, "num_hidden_layers": 2}
+    model = _real(config)
+    expected = 2 * 256 * 4  # the shared signed and unsigned maps
+    for p in model.parameters():
+        n = p.numel()
+        # bitsandbytes: below min_8bit_size (4096) two fp32 moments; else two uint8 moments
+        # and one fp32 absmax per 256-element block for each
+        expected += 8 * n if n < 4096 else 2 * n + 2 * 4 * -(-n // 256)
+    est = estimate(config, precision="bf16", mode="train", optimizer="adamw-8bit")
+    assert est.categories[C.OPTIMIZER] == expected + 4 * est.parameters  # + fp32 master weights
+    # the norms (64 elements) keep fp32 state: more than the flat 2 x (1 + 4/256) bytes
+    assert expected > est.parameters * 2 * (1 + 4 / 256)

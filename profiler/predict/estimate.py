@@ -30,7 +30,7 @@ from profiler.predict.formulas import (
     weight_bytes,
 )
 from profiler.predict.gpus import GPUS, GpuSpec, find_gpu
-from profiler.predict.measured import MeasuredModel
+from profiler.predict.measured import ADAM8_QMAPS, MeasuredModel
 from profiler.predict.modelshape import ModelShape
 from profiler.predict.sources import APPROXIMATE, Source, resolve
 from profiler.records import CATEGORIES, Category
@@ -536,6 +536,10 @@ def _optimizer_bytes(
         if measured is not None:  # factored second moment of every real parameter shape
             return measured.adafactor_elements * state
         return adafactor_state_bytes(shape, trainable, state)
+    if optimizer == "adamw-8bit" and measured is not None:
+        # bitsandbytes' rule per real tensor: fp32 state below 4096 elements, else uint8
+        # moments and one fp32 absmax per 256-element block each, plus the two shared maps
+        return measured.adam8_bytes + ADAM8_QMAPS
     return int(round(trainable * optimizer_state_bytes_per_param(optimizer, state)))
 
 

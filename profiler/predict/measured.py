@@ -83,6 +83,7 @@ class MeasuredModel:
     buffer_bytes_fixed: int
     adafactor_elements: int
     layers: int
+    adam8_bytes: int = 0
     kv_per_token: int | None = None
     kv_constant: int = 0
     state_elements: int = 0
@@ -266,6 +267,7 @@ _LINEAR = (
     "buffer_elements",
     "buffer_bytes_fixed",
     "adafactor_elements",
+    "adam8_bytes",
     "kv_per_token",
     "kv_constant",
     "state_elements",
@@ -398,7 +400,9 @@ def measure_module(model: Any) -> MeasuredModel:
     matrices: list[QuantMatrix] = []
     embeddings: list[tuple[int, int]] = []
     head: tuple[int, int] | None = None
-    counts = {"parameters": 0, "trainable": 0, "trainable_bytes": 0, "small": 0, "ada": 0}
+    counts = dict.fromkeys(
+        ("parameters", "trainable", "trainable_bytes", "small", "ada", "8bit"), 0
+    )
     for module_name, module in model.named_modules():
         for pname, param in module.named_parameters(recurse=False):
             if id(param) in seen:
@@ -407,6 +411,7 @@ def measure_module(model: Any) -> MeasuredModel:
             n = param.numel()
             counts["parameters"] += n
             counts["ada"] += _adafactor_elements(tuple(param.shape))
+            counts["8bit"] += _adam8_bytes(n)
             if param.requires_grad:
                 counts["trainable"] += n
                 counts["trainable_bytes"] += n * param.element_size()
@@ -442,6 +447,7 @@ def measure_module(model: Any) -> MeasuredModel:
         buffer_bytes_fixed=fixed,
         adafactor_elements=counts["ada"],
         layers=max(len(layer_ids), 1),
+        adam8_bytes=counts["8bit"],
     )
 
 
@@ -462,6 +468,19 @@ def _adafactor_elements(shape: tuple[int, ...]) -> int:
     if len(shape) < 2:
         return int(_prod(shape))
     return int(_prod(shape[:-1]) + _prod(shape[:-2]) * shape[-1])
+
+
+#: bitsandbytes' 8-bit optimizers: tensors below ``min_8bit_size`` keep 32-bit state.
+_MIN_8BIT_SIZE = 4096
+#: The shared signed and unsigned quantisation maps: 256 fp32 values each.
+ADAM8_QMAPS = 2 * 256 * 4
+
+
+def _adam8_bytes(n: int) -> int:
+    """8-bit AdamW state of one tensor (bitsandbytes, blockwise): uint8 moments, fp32 absmax."""
+    if n < _MIN_8BIT_SIZE:
+        return 2 * 4 * n
+    return 2 * n + 2 * 4 * -(-n // 256)
 
 
 def _prod(values: tuple[int, ...]) -> int:

@@ -181,6 +181,7 @@ def _list(out: Any, as_json: bool) -> int:
     from profiler.predict.formulas import kv_cache_bytes_per_token, parameter_count
     from profiler.predict.modelshape import shape_from_config
     from profiler.predict.presets import load_preset, preset_names
+    from profiler.predict.sources import APPROXIMATE
 
     rows = []
     for name in preset_names():
@@ -196,6 +197,7 @@ def _list(out: Any, as_json: bool) -> int:
                 "kv_heads": shape.num_kv_heads,
                 "context": shape.max_positions,
                 "kv_bytes_per_token_fp16": kv_cache_bytes_per_token(shape, 2),
+                "source": APPROXIMATE,
             }
         )
     if as_json:
@@ -211,6 +213,7 @@ def _list(out: Any, as_json: bool) -> int:
             f"{r['kv_heads']:>8} {r['context'] or '-':>8} "
             f"{format_bytes(r['kv_bytes_per_token_fp16']):>11}\n"
         )
+    out.write(f"source: {APPROXIMATE}; gpumem estimate NAME measures each on the real class\n")
     return 0
 
 

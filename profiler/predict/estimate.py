@@ -214,7 +214,9 @@ def estimate(
 
     Args:
         model: an ``nn.Module`` (real or on the meta device), a Hugging Face style config (dict,
-            path to ``config.json`` or its directory), a preset name, or a parameter count.
+            path to ``config.json`` or its directory), a preset name, a Hugging Face model id
+            (its config only), or a parameter count. Where transformers knows the config's
+            ``model_type`` the figures are measured on the real class (``Estimate.source``).
         params: a bare parameter count (the seed's "7B" arithmetic); no activations then.
         precision: weight format: fp32, fp16, bf16, int8, int4, gptq, gptq-g32, awq, nf4,
             nf4-dq, llm-int8, q8_0, q5_k_m, q4_k_m (default fp16; nf4 for qlora).
@@ -276,23 +278,7 @@ def estimate(
         ssm_state, per_token = _cache(plan, values, kv_cache_dtype)
     _activations(plan, values, notes, trainable, stepped)
     allocated = sum(values.values()) + ssm_state
-    context = (
-        context_bytes
-        if context_bytes is not None
-        else (spec.context_bytes if spec is not None else _DEFAULT_CONTEXT)
-    )
-    overheads = (
-        Overhead(
-            "CUDA context",
-            int(context),
-            "driver state, kernels and library handles outside PyTorch's allocator",
-        ),
-        Overhead(
-            "allocator margin",
-            int(math.ceil(allocated * margin)),
-            f"cached and fragmented blocks the caching allocator reserves ({margin:.0%})",
-        ),
-    )
+    overheads = _overheads(allocated, margin, context_bytes, spec)
     return Estimate(
         model=source.name,
         mode=mode,
@@ -311,6 +297,29 @@ def estimate(
         ssm_state=ssm_state,
         max_positions=limit,
         kv_bytes_per_token=per_token,
+    )
+
+
+def _overheads(
+    allocated: int, margin: float, context_bytes: int | None, spec: GpuSpec | None
+) -> tuple[Overhead, ...]:
+    """The CUDA context and allocator margin lines."""
+    context = (
+        context_bytes
+        if context_bytes is not None
+        else (spec.context_bytes if spec is not None else _DEFAULT_CONTEXT)
+    )
+    return (
+        Overhead(
+            "CUDA context",
+            int(context),
+            "driver state, kernels and library handles outside PyTorch's allocator",
+        ),
+        Overhead(
+            "allocator margin",
+            int(math.ceil(allocated * margin)),
+            f"cached and fragmented blocks the caching allocator reserves ({margin:.0%})",
+        ),
     )
 
 

@@ -392,10 +392,7 @@ def measure_module(model: Any) -> MeasuredModel:
     import torch
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head_module = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    embed_module = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
-    head_weight = getattr(head_module, "weight", None)
-    tied = head_weight is not None and head_weight is getattr(embed_module, "weight", None)
+    head_weight, tied = _head_of(base)
     seen: set[int] = set()
     matrices: list[QuantMatrix] = []
     embeddings: list[tuple[int, int]] = []
@@ -449,6 +446,14 @@ def measure_module(model: Any) -> MeasuredModel:
         layers=max(len(layer_ids), 1),
         adam8_bytes=counts["8bit"],
     )
+
+
+def _head_of(model: Any) -> tuple[Any, bool]:
+    """The output embedding weight and whether it is the input embedding's (tied)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(head, "weight", None)
+    return weight, weight is not None and weight is getattr(embed, "weight", None)
 
 
 def _matrix(name: str, in_features: int, out_features: int, count: int) -> QuantMatrix:

@@ -177,3 +177,26 @@ def test_configs_the_real_class_or_the_formulas_refuse_are_one_line(
     assert code == 2 and out == ""
     assert err.startswith("gpumem estimate: error: ") and fragment in err
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 2
+
+
+def test_measure_step_flag(capsys, tmp_path) -> None:
+    config = {
+        "model_type": "llama",
+        "vocab_size": 128,
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    argv = (str(path), "--mode", "train", "-p", "bf16", "-b", "2", "-s", "16", "--json")
+    code, out, _ = run(capsys, *argv, "--measure-step")
+    data = json.loads(out)
+    assert code == 0
+    expected = estimate(config, mode="train", precision="bf16", batch=2, seq=16, measure_step=True)
+    assert data["categories"] == {str(c): b for c, b in expected.categories.items()}
+    assert data["sources"]["activations"].startswith("measured (dry run")
+    code, out, _ = run(capsys, *argv)
+    assert json.loads(out)["sources"]["activations"] == "approximate (formulas)"

@@ -390,3 +390,65 @@ def test_adamw_8bit_state_follows_bitsandbytes_per_real_tensor() -> None:
     assert est.categories[C.OPTIMIZER] == expected + 4 * est.parameters  # + fp32 master weights
     # the norms (64 elements) keep fp32 state: more than the flat 2 x (1 + 4/256) bytes
     assert expected > est.parameters * 2 * (1 + 4 / 256)
+
+
+_DEEP_LLAMA = {**_BASE, "model_type": "llama", "num_key_value_heads": 2, "num_hidden_layers": 10}
+
+
+@pytest.mark.parametrize(
+    ("mode", "optimizer", "checkpointing"),
+    [("train", "adamw", False), ("train", "sgd", True), ("inference", "adamw", False)],
+)
+def test_measured_step_equals_a_dry_run_of_the_whole_model(
+    mode: str, optimizer: str, checkpointing: bool
+) -> None:
+    from profiler.dryrun import dry_run
+    from profiler.predict.stepmeasure import STEP_SOURCE
+
+    est = estimate(
+        _DEEP_LLAMA,
+        mode=mode,
+        optimizer=optimizer,
+        precision="bf16",
+        batch=2,
+        seq=16,
+        gradient_checkpointing=checkpointing,
+        measure_step=True,
+    )
+    assert est.category_sources[C.ACTIVATIONS] == STEP_SOURCE
+    # the whole 10-layer model dry-run directly (the estimate dry-runs 1, 2 and 3 layers)
+    model = _real(_DEEP_LLAMA)
+
+    def build():
+        m = transformers.AutoModelForCausalLM.from_config(model.config, dtype=torch.bfloat16)
+        if mode == "inference":
+            return m.eval(), None
+        if checkpointing:
+            m.gradient_checkpointing_enable()
+        opt = (
+            torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
+            if optimizer == "sgd"
+            else torch.optim.AdamW(m.parameters(), lr=1e-3)
+        )
+        return m.train(), opt
+
+    def step(m, opt):
+        ids = torch.zeros(2, 16, dtype=torch.long)
+        if opt is None:
+            with torch.no_grad():
+                m(input_ids=ids, use_cache=True)
+            return
+        m(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    frame = dry_run(build, step, steps=2, device="cuda").breakdown()
+    assert est.categories[C.ACTIVATIONS] == int(frame.loc["activations", "peak"])
+    assert est.categories[C.TEMPORARIES] == int(frame.loc["temporaries", "peak"])
+
+
+def test_a_step_fake_tensors_cannot_run_keeps_the_formulas_and_says_why() -> None:
+    moe = {**_BASE, "model_type": "mixtral", "num_local_experts": 4}
+    est = estimate(moe, mode="train", precision="bf16", batch=1, seq=8, measure_step=True)
+    assert est.category_sources[C.ACTIVATIONS] == APPROXIMATE
+    assert any(note.startswith("step not measured") for note in est.notes)

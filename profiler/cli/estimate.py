@@ -73,6 +73,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--optimizer-dtype", help="dtype of optimizer moments (default: weights')")
     parser.add_argument("--lora-rank", default="16", help="LoRA rank (default 16)")
+    parser.add_argument(
+        "--measure-step",
+        action="store_true",
+        help="measure activations and temporaries by a dry run of the real class (seconds)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -139,6 +144,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "master_weights": args.master_weights,
         "optimizer_dtype": args.optimizer_dtype,
         "lora_rank": _whole("lora rank", args.lora_rank),
+        "measure_step": args.measure_step,
     }
 
 
@@ -256,6 +262,7 @@ def _render(est: Any, gpus: list[Any], extra: dict[str, Any], out: Any) -> None:
             f"longest {label} at batch {est.batch}: "
             f"{extra['max_seq'] if extra['max_seq'] is not None else 'none fits'}"
             + (f" (the model's limit is {extra['seq_limit']})" if extra.get("seq_limit") else "")
+            + ("; activations in the search: formulas" if extra.get("search_activations") else "")
             + "\n"
         )
 
@@ -281,7 +288,11 @@ def run(args: argparse.Namespace) -> int:
         gpus.append(spec)
     extra: dict[str, Any] = {}
     if spec is not None:
-        extra = {"gpu": spec.name, **limits(model, {**options, "gpu": spec}, spec)}
+        # the search runs dozens of estimates: a dry run each would take minutes
+        search = {**options, "gpu": spec, "measure_step": False}
+        extra = {"gpu": spec.name, **limits(model, search, spec)}
+        if options["measure_step"]:
+            extra["search_activations"] = "approximate (formulas)"
     if args.json:
         data = est.to_dict(gpus)
         if extra:

@@ -209,6 +209,7 @@ def estimate(
     gpu: str | GpuSpec | None = None,
     context_bytes: int | None = None,
     margin: float = _MARGIN,
+    measure_step: bool = False,
 ) -> Estimate:
     """Predict device memory per category before running anything.
 
@@ -232,6 +233,8 @@ def estimate(
         gpu: a GPU whose CUDA context size to use for the context line.
         context_bytes: override the CUDA context line.
         margin: allocator margin as a fraction of the allocated bytes.
+        measure_step: measure activations and temporaries by a dry run of the real class at
+            this batch and seq (seconds, not milliseconds; see ``predict.stepmeasure``).
 
     Raises:
         UsageError: unknown names, non-positive sizes, impossible combinations.
@@ -267,6 +270,7 @@ def estimate(
         checkpointing=gradient_checkpointing,
         lora_rank=lora_rank,
         lora_targets=lora_targets,
+        measure_step=measure_step,
     )
     values = dict.fromkeys(CATEGORIES, 0)
     _weights(plan, values)
@@ -276,7 +280,9 @@ def estimate(
     ssm_state, per_token = 0, None
     if mode == "inference":
         ssm_state, per_token = _cache(plan, values, kv_cache_dtype)
-    _activations(plan, values, notes, trainable, stepped)
+    step_source = _measured_step(plan, values, notes)
+    if step_source is None:
+        _activations(plan, values, notes, trainable, stepped)
     allocated = sum(values.values()) + ssm_state
     overheads = _overheads(allocated, margin, context_bytes, spec)
     return Estimate(
@@ -293,7 +299,7 @@ def estimate(
         notes=tuple(notes),
         margin_fraction=margin,
         source=source.label,
-        sources=_category_sources(plan),
+        sources=_category_sources(plan, step_source),
         ssm_state=ssm_state,
         max_positions=limit,
         kv_bytes_per_token=per_token,
@@ -337,6 +343,7 @@ class _Plan:
     checkpointing: bool
     lora_rank: int
     lora_targets: str
+    measure_step: bool = False
 
     @property
     def compute(self) -> str:
@@ -357,11 +364,13 @@ class _Plan:
         return self.source.module is not None and m is not None and 0 < m.trainable < m.parameters
 
 
-def _category_sources(plan: _Plan) -> tuple[str, ...]:
+def _category_sources(plan: _Plan, step_source: str | None) -> tuple[str, ...]:
     measured = "measured" if plan.measured is not None else APPROXIMATE
     rows = []
     for category in CATEGORIES:
-        if category in (Category.ACTIVATIONS, Category.TEMPORARIES):
+        if category in (Category.ACTIVATIONS, Category.TEMPORARIES) and step_source:
+            rows.append(step_source)
+        elif category in (Category.ACTIVATIONS, Category.TEMPORARIES):
             rows.append(APPROXIMATE if plan.source.shape is not None else "not estimated")
         elif category == Category.KV_CACHE and plan.mode != "inference":
             rows.append("none in training")
@@ -460,6 +469,34 @@ def _cache(
         )
         return 0, kv_cache_bytes(shape, tokens=1, dtype_bytes=kv_bytes)
     return 0, None
+
+
+def _measured_step(plan: _Plan, values: dict[Category, int], notes: list[str]) -> str | None:
+    """Activations and temporaries from a dry run of the real class, where asked and possible."""
+    if not plan.measure_step:
+        return None
+    from profiler.errors import ConfigError, DryRunError
+    from profiler.predict.stepmeasure import STEP_SOURCE, measure_step
+
+    config = plan.source.config
+    if config is None or plan.fmt.kind != "dense":
+        notes.append("measure_step needs a transformers config and a dense precision")
+        return None
+    try:
+        activations, temporaries = measure_step(
+            config,
+            mode=plan.mode,
+            optimizer=plan.optimizer,
+            batch=plan.batch,
+            seq=plan.seq,
+            precision=plan.fmt.name,
+            checkpointing=plan.checkpointing,
+        )
+    except (DryRunError, ConfigError) as exc:
+        notes.append(f"step not measured ({exc.message}); activations from the formulas")
+        return None
+    values[Category.ACTIVATIONS], values[Category.TEMPORARIES] = activations, temporaries
+    return STEP_SOURCE
 
 
 def _activations(

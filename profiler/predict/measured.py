@@ -39,11 +39,13 @@ from profiler.predict.formats import WeightFormat, embedding_bytes, matrix_bytes
 from profiler.text import printable
 
 __all__ = [
+    "ADAM8_QMAPS",
     "MeasuredModel",
     "QuantMatrix",
     "knows",
     "measure_config",
     "measure_module",
+    "scalable_layers",
 ]
 
 #: Keys the presets add to a config (not transformers fields).
@@ -316,13 +318,12 @@ def _truncated(cfg: dict[str, Any], field: str, layers: int) -> dict[str, Any]:
     return out
 
 
-def _measure_scaled(cfg: dict[str, Any]) -> MeasuredModel | None:
-    """Measure 1, 2 and 3 groups of layers and extrapolate, where that is exact.
+def scalable_layers(cfg: Mapping[str, Any]) -> tuple[str, int, int] | None:
+    """``(field, layers, period)`` where the config repeats one group of ``period`` layers.
 
-    Used when the config repeats one group of layers (no pattern, or a periodic
-    ``layer_types``): every per-layer figure must grow by the same amount from one group to
-    two and from two to three, and the second group's matrices must mirror the first's, or
-    the whole model is built instead (DeepSeek's first dense layers, for instance).
+    None where layers are placed by index (DeepSeek's first dense layers, hybrids' periods),
+    where a list per layer other than a periodic ``layer_types`` exists, or where the model is
+    small enough to build whole.
     """
     field = next((f for f in _LAYER_FIELDS if isinstance(cfg.get(f), int)), None)
     if field is None or isinstance(cfg.get(field), bool) or cfg[field] < SCALE_FROM_LAYERS:
@@ -340,6 +341,20 @@ def _measure_scaled(cfg: dict[str, Any]) -> MeasuredModel | None:
     period = _period(cfg.get("layer_types"), layers)
     if period is None or layers < 4 * period:
         return None
+    return field, layers, period
+
+
+def _measure_scaled(cfg: dict[str, Any]) -> MeasuredModel | None:
+    """Measure 1, 2 and 3 groups of layers and extrapolate, where that is exact.
+
+    Used where :func:`scalable_layers` finds one repeated group: every per-layer figure must
+    grow by the same amount from one group to two and from two to three, and the second
+    group's matrices must mirror the first's, or the whole model is built instead.
+    """
+    found = scalable_layers(cfg)
+    if found is None:
+        return None
+    field, layers, period = found
     parts = [_measure_full(_truncated(cfg, field, n * period)) for n in (1, 2, 3)]
     return _extrapolate(parts, layers // period, period)
 

@@ -38,6 +38,7 @@ class Source:
     module: Any = None
     measured: MeasuredModel | None = None
     label: str = APPROXIMATE
+    config: dict[str, Any] | None = None
 
     @property
     def max_positions(self) -> int | None:
@@ -64,7 +65,8 @@ def from_config(config: Mapping[str, Any], name: str) -> Source:
             shape: ModelShape | None = shape_from_config(config, name=name)
         except ConfigError:
             shape = None  # beyond the formulas: activations are not estimated
-        return Source(name, shape, measured.parameters, None, measured, _measured_label(measured))
+        label = _measured_label(measured)
+        return Source(name, shape, measured.parameters, None, measured, label, dict(config))
     from profiler.predict.formulas import parameter_count
 
     shape = shape_from_config(config, name=name)
@@ -83,10 +85,12 @@ def from_module(module: Any) -> Source:
     to_dict = getattr(config, "to_dict", None)
     data = to_dict() if callable(to_dict) else None
     label = f"measured on the module ({type(module).__name__})"
+    config_dict = None
     if isinstance(data, dict) and knows(data):
         keep = ("_name_or_path", "architectures", "transformers_version", "dtype", "torch_dtype")
+        config_dict = {k: v for k, v in data.items() if k not in keep}
         try:
-            built = measure_config({k: v for k, v in data.items() if k not in keep})
+            built = measure_config(config_dict)
         except ConfigError:
             built = None
         if built is not None:
@@ -100,7 +104,8 @@ def from_module(module: Any) -> Source:
             )
             label += f"; KV cache measured on {built.class_name} (meta device)"
     shape = shape_from_module(module)
-    return Source(type(module).__name__, shape, measured.parameters, module, measured, label)
+    name = type(module).__name__
+    return Source(name, shape, measured.parameters, module, measured, label, config_dict)
 
 
 def hub_config(repo_id: str) -> dict[str, Any]:

@@ -496,6 +496,11 @@ def _measured_step(plan: _Plan, values: dict[Category, int], notes: list[str]) -
         notes.append(f"step not measured ({exc.message}); activations from the formulas")
         return None
     values[Category.ACTIVATIONS], values[Category.TEMPORARIES] = activations, temporaries
+    if plan.mode == "train" and plan.fmt.name != "fp32":
+        notes.append(
+            f"the measured step updates {plan.fmt.name} weights in place (no fp32 master "
+            f"copy): the optimizer's scratch in temporaries is {plan.fmt.name}"
+        )
     return STEP_SOURCE
 
 

@@ -109,7 +109,7 @@ def from_module(module: Any) -> Source:
 
 
 def hub_config(repo_id: str) -> dict[str, Any]:
-    """The ``config.json`` of a Hub model (downloaded or from the cache; never weights).
+    """The ``config.json`` of a Hub model (from the cache if there, else downloaded; never weights).
 
     Raises:
         ConfigError: huggingface_hub missing, offline without a cached config, no such repo.
@@ -122,14 +122,24 @@ def hub_config(repo_id: str) -> dict[str, Any]:
             "not installed",
             hint="pip install huggingface_hub, or pass a path to config.json",
         ) from None
+    import logging
+
+    from huggingface_hub import try_to_load_from_cache
+
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.CRITICAL)  # its retry warnings would break the one-line error
     try:
-        path = hf_hub_download(repo_id=repo_id, filename="config.json")
+        cached = try_to_load_from_cache(repo_id=repo_id, filename="config.json")
+        path = cached if isinstance(cached, str) else hf_hub_download(repo_id, "config.json")
     except Exception as exc:  # noqa: BLE001 - offline, not found, gated, network: one line
         reason = type(exc).__name__
         raise ConfigError(
             f"cannot get the config of {printable(repo_id, limit=80)!r} from the Hub ({reason})",
             hint="check the id; offline (HF_HUB_OFFLINE=1) it must be in the Hugging Face cache",
         ) from None
+    finally:
+        hub_logger.setLevel(level)
     return load_config(path)
 
 

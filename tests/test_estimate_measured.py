@@ -397,7 +397,12 @@ _DEEP_LLAMA = {**_BASE, "model_type": "llama", "num_key_value_heads": 2, "num_hi
 
 @pytest.mark.parametrize(
     ("mode", "optimizer", "checkpointing"),
-    [("train", "adamw", False), ("train", "sgd", True), ("inference", "adamw", False)],
+    [
+        ("train", "adamw", False),
+        ("train", "sgd", True),
+        ("lora", "adamw", False),
+        ("inference", "adamw", False),
+    ],
 )
 def test_measured_step_equals_a_dry_run_of_the_whole_model(
     mode: str, optimizer: str, checkpointing: bool
@@ -423,14 +428,21 @@ def test_measured_step_equals_a_dry_run_of_the_whole_model(
         m = transformers.AutoModelForCausalLM.from_config(model.config, dtype=torch.bfloat16)
         if mode == "inference":
             return m.eval(), None
+        m.train()
         if checkpointing:
             m.gradient_checkpointing_enable()
+        if mode == "lora":
+            import peft
+
+            lora = peft.LoraConfig(r=16, lora_alpha=32, target_modules="all-linear")
+            m = peft.get_peft_model(m, lora)
+        params = [p for p in m.parameters() if p.requires_grad]
         opt = (
-            torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
+            torch.optim.SGD(params, lr=1e-3, momentum=0.9)
             if optimizer == "sgd"
-            else torch.optim.AdamW(m.parameters(), lr=1e-3)
+            else torch.optim.AdamW(params, lr=1e-3)
         )
-        return m.train(), opt
+        return m, opt
 
     def step(m, opt):
         ids = torch.zeros(2, 16, dtype=torch.long)

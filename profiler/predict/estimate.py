@@ -491,6 +491,8 @@ def _measured_step(plan: _Plan, values: dict[Category, int], notes: list[str]) -
             seq=plan.seq,
             precision=plan.fmt.name,
             checkpointing=plan.checkpointing,
+            lora_rank=plan.lora_rank,
+            lora_targets=plan.lora_targets,
         )
     except (DryRunError, ConfigError) as exc:
         notes.append(f"step not measured ({exc.message}); activations from the formulas")

@@ -43,6 +43,8 @@ def measure_step(
     seq: int,
     precision: str,
     checkpointing: bool,
+    lora_rank: int = 16,
+    lora_targets: str = "all-linear",
 ) -> tuple[int, int]:
     """The own peaks of activations and temporaries of one step, in bytes (CUDA rounding).
 
@@ -51,13 +53,13 @@ def measure_step(
             optimizer cannot be built here (8-bit optimizers need bitsandbytes and CUDA).
         ConfigError: the config cannot be built.
     """
-    if mode == "train" and optimizer not in _OPTIMIZERS:
+    if mode in ("train", "lora") and optimizer not in _OPTIMIZERS:
         raise DryRunError(f"the {optimizer} optimizer cannot be dry-run here")
-    if mode not in ("train", "inference") or precision not in _DTYPES:
+    if mode not in ("train", "lora", "inference") or precision not in _DTYPES:
         raise DryRunError(f"a {mode} step in {precision} is not dry-run")
     cleaned = {k: v for k, v in config.items() if k not in _PRESET_KEYS}
     key = json.dumps(cleaned, sort_keys=True)
-    args = (mode, optimizer, batch, seq, precision, checkpointing)
+    args = (mode, optimizer, batch, seq, precision, checkpointing, lora_rank, lora_targets)
     return _cached(key, args)
 
 
@@ -83,6 +85,8 @@ def _run(
     seq: int,
     precision: str,
     checkpointing: bool,
+    lora_rank: int,
+    lora_targets: str,
 ) -> tuple[int, int]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -102,7 +106,10 @@ def _run(
         model.train()
         if checkpointing:
             model.gradient_checkpointing_enable()
-        return model, _optimizer(optimizer, model)
+        if mode == "lora":
+            model = _with_adapters(model, lora_rank, lora_targets)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        return model, _optimizer(optimizer, trainable)
 
     def step(model: Any, opt: Any) -> None:
         ids = torch.zeros(batch, seq, dtype=torch.long)
@@ -125,13 +132,31 @@ def _run(
     return int(peaks[Category.ACTIVATIONS]), int(peaks[Category.TEMPORARIES])
 
 
-def _optimizer(name: str, model: Any) -> Any:
+def _optimizer(name: str, params: list[Any]) -> Any:
     import torch
 
     if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        return torch.optim.SGD(params, lr=1e-3, momentum=0.9)
     if name == "adafactor":
         from transformers.optimization import Adafactor
 
-        return Adafactor(model.parameters(), lr=1e-3, relative_step=False, scale_parameter=False)
-    return torch.optim.AdamW(model.parameters(), lr=1e-3)
+        return Adafactor(params, lr=1e-3, relative_step=False, scale_parameter=False)
+    return torch.optim.AdamW(params, lr=1e-3)
+
+
+#: peft target modules for the estimate's LoRA target sets.
+_LORA_TARGETS: dict[str, Any] = {
+    "all-linear": "all-linear",
+    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qv": ["q_proj", "v_proj"],
+}
+
+
+def _with_adapters(model: Any, rank: int, targets: str) -> Any:
+    """The model with peft LoRA adapters of ``rank`` on ``targets`` (base weights frozen)."""
+    try:
+        import peft
+    except ImportError:
+        raise DryRunError("a LoRA step needs peft (pip install peft)") from None
+    config = peft.LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=_LORA_TARGETS[targets])
+    return peft.get_peft_model(model, config)

@@ -464,3 +464,38 @@ def test_a_step_fake_tensors_cannot_run_keeps_the_formulas_and_says_why() -> Non
     est = estimate(moe, mode="train", precision="bf16", batch=1, seq=8, measure_step=True)
     assert est.category_sources[C.ACTIVATIONS] == APPROXIMATE
     assert any(note.startswith("step not measured") for note in est.notes)
+
+
+def test_a_multimodal_config_with_text_config_is_measured_on_its_class() -> None:
+    # Gemma 3's published configs nest the decoder in text_config (the formulas could not
+    # parse them); the real class builds the whole model, vision tower included
+    config = {
+        "model_type": "gemma3",
+        "text_config": {
+            "model_type": "gemma3_text",
+            "hidden_size": 64,
+            "intermediate_size": 96,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "sliding_window": 8,
+            "vocab_size": 300,
+        },
+        "vision_config": {
+            "model_type": "siglip_vision_model",
+            "hidden_size": 32,
+            "intermediate_size": 48,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 56,
+            "patch_size": 14,
+        },
+        "mm_tokens_per_image": 4,
+    }
+    est = estimate(config, precision="fp32", seq=6)
+    model = _real(config)
+    assert est.source.startswith(f"measured on the real class ({type(model).__name__}")
+    assert est.parameters == _unique_numel(model)
+    # 2 layers, K and V, 2 KV heads of 16, 6 tokens, fp32
+    assert est.categories[C.KV_CACHE] == 2 * 2 * 2 * 16 * 6 * 4

@@ -277,9 +277,9 @@ def estimate(
     trainable, stepped = _training_state(
         plan, values, notes, master_weights=master_weights, optimizer_dtype=optimizer_dtype
     )
-    ssm_state, per_token = 0, None
-    if mode == "inference":
-        ssm_state, per_token = _cache(plan, values, kv_cache_dtype)
+    # the cache is held in inference; in training its per-token size is still reported
+    ssm_state, per_token = _cache(plan, values if mode == "inference" else {}, kv_cache_dtype)
+    ssm_state = ssm_state if mode == "inference" else 0
     step_source = _measured_step(plan, values, notes)
     if step_source is None:
         _activations(plan, values, notes, trainable, stepped)

@@ -11,6 +11,7 @@ from profiler.cli import main
 from profiler.cli.estimate import TABLE_GPUS
 from profiler.predict.estimate import estimate
 from profiler.predict.gpus import find_gpu
+from profiler.predict.presets import load_preset
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -126,3 +127,76 @@ def test_malformed_and_incomplete_configs(capsys, tmp_path) -> None:
         '{"hidden_size": -1, "num_hidden_layers": 2, "num_attention_heads": 2, "vocab_size": 9}'
     )
     assert "must be positive" in _one_line_error(capsys, str(negative))
+
+
+def test_table_says_where_each_figure_comes_from(capsys, tmp_path) -> None:
+    code, out, _ = run(capsys, "llama-3-8b", "--seq", "1024")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[1] == ""
+    assert lines[2].startswith("source: measured on the real class (LlamaForCausalLM")
+    assert next(line for line in lines if line.startswith("weights")).endswith("measured")
+    assert next(line for line in lines if line.startswith("activations")).endswith(
+        "approximate (formulas)"
+    )
+    # a model_type transformers does not know: the formulas, and every line says so
+    facts = {k: v for k, v in load_preset("llama-3-8b").items() if k != "model_type"}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**facts, "model_type": "my_private_llama"}))
+    code, out, _ = run(capsys, str(path), "--json")
+    data = json.loads(out)
+    assert code == 0 and data["source"] == "approximate (formulas)"
+    assert set(data["sources"].values()) == {"approximate (formulas)"}
+    assert data["parameters"] == facts["parameters"]
+
+
+@pytest.mark.parametrize(
+    ("config", "fragment"),
+    [
+        ({"model_type": "llama", "num_hidden_layers": 5000}, "num_hidden_layers"),
+        (
+            {
+                "model_type": "mistral",
+                "hidden_size": 64,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 3,
+                "num_hidden_layers": 2,
+                "vocab_size": 100,
+            },
+            "transformers could not",
+        ),
+        ({"model_type": "my_moe", "hidden_size": 64, "moe_intermediate_size": 8}, "expert"),
+    ],
+)
+def test_configs_the_real_class_or_the_formulas_refuse_are_one_line(
+    capsys, tmp_path, config: dict, fragment: str
+) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    code, out, err = run(capsys, str(path))
+    assert code == 2 and out == ""
+    assert err.startswith("gpumem estimate: error: ") and fragment in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2
+
+
+def test_measure_step_flag(capsys, tmp_path) -> None:
+    config = {
+        "model_type": "llama",
+        "vocab_size": 128,
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    argv = (str(path), "--mode", "train", "-p", "bf16", "-b", "2", "-s", "16", "--json")
+    code, out, _ = run(capsys, *argv, "--measure-step")
+    data = json.loads(out)
+    assert code == 0
+    expected = estimate(config, mode="train", precision="bf16", batch=2, seq=16, measure_step=True)
+    assert data["categories"] == {str(c): b for c, b in expected.categories.items()}
+    assert data["sources"]["activations"].startswith("measured (dry run")
+    code, out, _ = run(capsys, *argv)
+    assert json.loads(out)["sources"]["activations"] == "approximate (formulas)"

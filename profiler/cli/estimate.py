@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "model",
         nargs="?",
-        help="a preset (see --list), a path to config.json, or a parameter count like 7B",
+        help="a preset (see --list), a path to config.json, a Hugging Face model id (its "
+        "config only), or a parameter count like 7B",
     )
     parser.add_argument("--list", action="store_true", help="list the model presets and exit")
     parser.add_argument(
@@ -72,6 +73,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--optimizer-dtype", help="dtype of optimizer moments (default: weights')")
     parser.add_argument("--lora-rank", default="16", help="LoRA rank (default 16)")
+    parser.add_argument(
+        "--measure-step",
+        action="store_true",
+        help="measure activations and temporaries by a dry run of the real class (seconds)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -138,6 +144,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "master_weights": args.master_weights,
         "optimizer_dtype": args.optimizer_dtype,
         "lora_rank": _whole("lora rank", args.lora_rank),
+        "measure_step": args.measure_step,
     }
 
 
@@ -160,17 +167,8 @@ def limits(model: Any, options: dict[str, Any], gpu: Any) -> dict[str, int | Non
 
     base = estimate(model, **options)
     seq, batch = base.seq, base.batch
-    longest = 1 << 22
-    if isinstance(model, str) and not isinstance(model, bool):
-        from profiler.predict.modelshape import shape_from_config
-        from profiler.predict.presets import find_preset, load_preset
-
-        try:
-            shape = shape_from_config(load_preset(find_preset(model)))
-        except Exception:  # noqa: BLE001 - a config path: no cap beyond the search range
-            shape = None
-        if shape is not None and shape.max_positions:
-            longest = shape.max_positions
+    # every source knows its limit: the real config class, a config file, a preset
+    longest = base.max_positions or 1 << 22
 
     def batch_fits(n: int) -> bool:
         return estimate(model, **{**options, "batch": n, "seq": seq}).fits(gpu)
@@ -181,7 +179,7 @@ def limits(model: Any, options: dict[str, Any], gpu: Any) -> dict[str, int | Non
     return {
         "max_batch": _largest(batch_fits, 1, 1 << 16),
         "max_seq": _largest(seq_fits, 1, longest),
-        "seq_limit": longest if longest != 1 << 22 else None,
+        "seq_limit": base.max_positions,
     }
 
 
@@ -189,6 +187,7 @@ def _list(out: Any, as_json: bool) -> int:
     from profiler.predict.formulas import kv_cache_bytes_per_token, parameter_count
     from profiler.predict.modelshape import shape_from_config
     from profiler.predict.presets import load_preset, preset_names
+    from profiler.predict.sources import APPROXIMATE
 
     rows = []
     for name in preset_names():
@@ -204,6 +203,7 @@ def _list(out: Any, as_json: bool) -> int:
                 "kv_heads": shape.num_kv_heads,
                 "context": shape.max_positions,
                 "kv_bytes_per_token_fp16": kv_cache_bytes_per_token(shape, 2),
+                "source": APPROXIMATE,
             }
         )
     if as_json:
@@ -219,6 +219,7 @@ def _list(out: Any, as_json: bool) -> int:
             f"{r['kv_heads']:>8} {r['context'] or '-':>8} "
             f"{format_bytes(r['kv_bytes_per_token_fp16']):>11}\n"
         )
+    out.write(f"source: {APPROXIMATE}; gpumem estimate NAME measures each on the real class\n")
     return 0
 
 
@@ -229,9 +230,17 @@ def _render(est: Any, gpus: list[Any], extra: dict[str, Any], out: Any) -> None:
         f"{'seq' if est.mode != 'inference' else 'context'} {est.seq} · "
         f"{est.parameters / 1e9:.2f}B parameters\n\n"
     )
-    out.write(f"{'category':<18} {'GB':>9} {'bytes':>11}\n")
+    out.write(f"source: {est.source}\n\n")
+    out.write(f"{'category':<18} {'GB':>9} {'bytes':>11}  source\n")
+    sources = est.category_sources
     for category, nbytes in est.categories.items():
-        out.write(f"{str(category):<18} {format_gb(nbytes):>9} {format_bytes(nbytes):>11}\n")
+        out.write(
+            f"{str(category):<18} {format_gb(nbytes):>9} {format_bytes(nbytes):>11}"
+            f"  {sources[category]}\n"
+        )
+    if est.ssm_state:
+        nbytes = est.ssm_state
+        out.write(f"{'ssm_state':<18} {format_gb(nbytes):>9} {format_bytes(nbytes):>11}\n")
     for line in est.overheads:
         out.write(f"{line.name:<18} {format_gb(line.bytes):>9} {format_bytes(line.bytes):>11}\n")
     out.write(f"{'total':<18} {format_gb(est.total):>9} {format_bytes(est.total):>11}\n")
@@ -253,6 +262,7 @@ def _render(est: Any, gpus: list[Any], extra: dict[str, Any], out: Any) -> None:
             f"longest {label} at batch {est.batch}: "
             f"{extra['max_seq'] if extra['max_seq'] is not None else 'none fits'}"
             + (f" (the model's limit is {extra['seq_limit']})" if extra.get("seq_limit") else "")
+            + ("; activations in the search: formulas" if extra.get("search_activations") else "")
             + "\n"
         )
 
@@ -278,7 +288,11 @@ def run(args: argparse.Namespace) -> int:
         gpus.append(spec)
     extra: dict[str, Any] = {}
     if spec is not None:
-        extra = {"gpu": spec.name, **limits(model, {**options, "gpu": spec}, spec)}
+        # the search runs dozens of estimates: a dry run each would take minutes
+        search = {**options, "gpu": spec, "measure_step": False}
+        extra = {"gpu": spec.name, **limits(model, search, spec)}
+        if options["measure_step"]:
+            extra["search_activations"] = "approximate (formulas)"
     if args.json:
         data = est.to_dict(gpus)
         if extra:

@@ -13,8 +13,6 @@ Pass ``optimizer_dtype="fp32"`` for the 16-bytes-per-parameter recipe of DeepSpe
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,12 +26,13 @@ from profiler.predict.formulas import (
     lora_parameter_count,
     lora_target_count,
     optimizer_state_bytes_per_param,
-    parameter_count,
     training_activation_bytes,
     weight_bytes,
 )
 from profiler.predict.gpus import GPUS, GpuSpec, find_gpu
-from profiler.predict.modelshape import ModelShape, shape_from_config, shape_from_module
+from profiler.predict.measured import ADAM8_QMAPS, MeasuredModel
+from profiler.predict.modelshape import ModelShape
+from profiler.predict.sources import APPROXIMATE, Source, resolve
 from profiler.records import CATEGORIES, Category
 
 if TYPE_CHECKING:
@@ -74,6 +73,11 @@ class Estimate:
     overheads: tuple[Overhead, ...]
     notes: tuple[str, ...] = ()
     margin_fraction: float = _MARGIN
+    source: str = APPROXIMATE
+    sources: tuple[str, ...] = ()
+    ssm_state: int = 0
+    max_positions: int | None = None
+    kv_bytes_per_token: int | None = None
 
     @property
     def categories(self) -> dict[Category, int]:
@@ -82,8 +86,14 @@ class Estimate:
 
     @property
     def allocated(self) -> int:
-        """Bytes PyTorch tensors take: the sum of the categories."""
-        return sum(self.bytes)
+        """Bytes PyTorch tensors take: the sum of the categories and the SSM state line."""
+        return sum(self.bytes) + self.ssm_state
+
+    @property
+    def category_sources(self) -> dict[Category, str]:
+        """Where each category's figure comes from (measured, approximate, not estimated)."""
+        sources = self.sources or (self.source,) * len(CATEGORIES)
+        return dict(zip(CATEGORIES, sources, strict=True))
 
     @property
     def total(self) -> int:
@@ -117,6 +127,11 @@ class Estimate:
             "categories": {str(c): b for c, b in self.categories.items()},
             "overheads": {o.name: o.bytes for o in self.overheads},
             "notes": list(self.notes),
+            "source": self.source,
+            "sources": {str(c): s for c, s in self.category_sources.items()},
+            "ssm_state_bytes": self.ssm_state,
+            "kv_cache_bytes_per_token": self.kv_bytes_per_token,
+            "max_positions": self.max_positions,
             "gpus": [
                 {
                     "name": g.name,
@@ -142,14 +157,6 @@ class Estimate:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Source:
-    name: str
-    shape: ModelShape | None
-    parameters: int
-    module: Any = None
-
-
 def _positive(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
         raise UsageError(f"{name} must be a whole number, got {value!r}")
@@ -158,48 +165,8 @@ def _positive(name: str, value: Any) -> int:
     return int(value)
 
 
-def _resolve(source: Any, params: int | float | None) -> _Source:
-    from profiler.predict.presets import find_preset, load_preset
-
-    if params is not None:
-        if isinstance(params, bool) or not isinstance(params, int | float) or params <= 0:
-            raise UsageError(f"params must be a positive number, got {params!r}")
-        count = int(params)
-        return _Source(_format_count(count), None, count)
-    if source is None:
-        raise UsageError("estimate needs a model, a config, a preset name or params=")
-    if isinstance(source, int | float) and not isinstance(source, bool):
-        return _resolve(None, source)
-    if isinstance(source, Mapping):
-        shape = shape_from_config(source)
-        return _Source(shape.name, shape, parameter_count(shape))
-    if isinstance(source, str | os.PathLike):
-        text = os.fspath(source)
-        if os.path.exists(text) or text.endswith(".json"):
-            shape = shape_from_config(text, name=os.path.basename(text.rstrip("/")))
-            return _Source(shape.name, shape, parameter_count(shape))
-        preset = find_preset(text)
-        shape = shape_from_config(load_preset(preset), name=preset)
-        return _Source(preset, shape, parameter_count(shape))
-    parameters = getattr(source, "parameters", None)
-    if callable(parameters):
-        module_shape = shape_from_module(source)
-        seen: set[int] = set()
-        count = 0
-        for p in source.parameters():
-            if id(p) not in seen:
-                seen.add(id(p))
-                count += p.numel()
-        name = type(source).__name__
-        return _Source(name, module_shape, count, source)
-    raise UsageError(f"cannot estimate {type(source).__name__!r}: pass a model, config or preset")
-
-
-def _format_count(count: int) -> str:
-    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if count >= size:
-            return f"{count / size:g}{unit} parameters"
-    return f"{count} parameters"
+#: A live module's floating dtype, as the format that stores it.
+_MODULE_DTYPES = {"torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16"}
 
 
 def _dense_bytes(dtype_name: str, what: str = "dtype") -> int:
@@ -213,8 +180,14 @@ def _dense_bytes(dtype_name: str, what: str = "dtype") -> int:
     return int(fmt.bytes_per_param)
 
 
-def _default_precision(mode: str) -> str:
-    return "nf4" if mode == "qlora" else "fp16"
+def _default_precision(mode: str, source: Source) -> str:
+    if mode == "qlora":
+        return "nf4"
+    if source.module is not None:  # a live module: stored as it is
+        for p in source.module.parameters():
+            if str(p.dtype) in _MODULE_DTYPES:
+                return _MODULE_DTYPES[str(p.dtype)]
+    return "fp16"
 
 
 def estimate(
@@ -236,12 +209,15 @@ def estimate(
     gpu: str | GpuSpec | None = None,
     context_bytes: int | None = None,
     margin: float = _MARGIN,
+    measure_step: bool = False,
 ) -> Estimate:
     """Predict device memory per category before running anything.
 
     Args:
         model: an ``nn.Module`` (real or on the meta device), a Hugging Face style config (dict,
-            path to ``config.json`` or its directory), a preset name, or a parameter count.
+            path to ``config.json`` or its directory), a preset name, a Hugging Face model id
+            (its config only), or a parameter count. Where transformers knows the config's
+            ``model_type`` the figures are measured on the real class (``Estimate.source``).
         params: a bare parameter count (the seed's "7B" arithmetic); no activations then.
         precision: weight format: fp32, fp16, bf16, int8, int4, gptq, gptq-g32, awq, nf4,
             nf4-dq, llm-int8, q8_0, q5_k_m, q4_k_m (default fp16; nf4 for qlora).
@@ -257,6 +233,8 @@ def estimate(
         gpu: a GPU whose CUDA context size to use for the context line.
         context_bytes: override the CUDA context line.
         margin: allocator margin as a fraction of the allocated bytes.
+        measure_step: measure activations and temporaries by a dry run of the real class at
+            this batch and seq (seconds, not milliseconds; see ``predict.stepmeasure``).
 
     Raises:
         UsageError: unknown names, non-positive sizes, impossible combinations.
@@ -272,109 +250,72 @@ def estimate(
     lora_rank = _positive("lora rank", lora_rank)
     if not (isinstance(margin, int | float) and 0 <= margin < 1):
         raise UsageError(f"margin must be a fraction in [0, 1), got {margin!r}")
-    source = _resolve(model, params)
-    shape = source.shape
-    if seq is None:
-        seq = (
-            2048 if shape is None or shape.max_positions is None else min(2048, shape.max_positions)
-        )
-    seq = _positive("seq", seq)
-    fmt = find_format(precision or _default_precision(mode))
+    source = resolve(model, params)
+    limit = source.max_positions
+    seq = _positive("seq", seq if seq is not None else min(2048, limit or 2048))
+    notes: list[str] = []
+    if limit is not None and seq > limit:
+        notes.append(f"seq {seq} is beyond the model's max_position_embeddings ({limit})")
+    fmt = find_format(precision or _default_precision(mode, source))
     _check_combination(mode, fmt, precision)
     spec = (find_gpu(gpu) if isinstance(gpu, str) else gpu) if gpu is not None else None
-
-    notes: list[str] = []
-    training = mode != "inference"
-    compute = fmt.name if fmt.kind == "dense" else "fp16"
-    act_bytes = _dense_bytes(compute)
-    total_params = source.parameters
+    plan = _Plan(
+        source=source,
+        fmt=fmt,
+        mode=mode,
+        optimizer=optimizer,
+        batch=batch,
+        seq=seq,
+        attention=attention,
+        checkpointing=gradient_checkpointing,
+        lora_rank=lora_rank,
+        lora_targets=lora_targets,
+        measure_step=measure_step,
+    )
     values = dict.fromkeys(CATEGORIES, 0)
+    _weights(plan, values)
+    trainable, stepped = _training_state(
+        plan, values, notes, master_weights=master_weights, optimizer_dtype=optimizer_dtype
+    )
+    # the cache is held in inference; in training its per-token size is still reported
+    ssm_state, per_token = _cache(plan, values if mode == "inference" else {}, kv_cache_dtype)
+    ssm_state = ssm_state if mode == "inference" else 0
+    step_source = _measured_step(plan, values, notes)
+    if step_source is None:
+        _activations(plan, values, notes, trainable, stepped)
+    allocated = sum(values.values()) + ssm_state
+    overheads = _overheads(allocated, margin, context_bytes, spec)
+    return Estimate(
+        model=source.name,
+        mode=mode,
+        precision=fmt.name,
+        optimizer=optimizer if mode != "inference" else None,
+        batch=batch,
+        seq=seq,
+        parameters=source.parameters,
+        trainable_parameters=trainable,
+        bytes=tuple(values[c] for c in CATEGORIES),
+        overheads=overheads,
+        notes=tuple(notes),
+        margin_fraction=margin,
+        source=source.label,
+        sources=_category_sources(plan, step_source),
+        ssm_state=ssm_state,
+        max_positions=limit,
+        kv_bytes_per_token=per_token,
+    )
 
-    # weights
-    if shape is not None:
-        values[Category.WEIGHTS] = weight_bytes(shape, fmt)
-    else:
-        values[Category.WEIGHTS] = int(round(total_params * _flat_bytes(fmt)))
-    if shape is not None and not shape.learned_positions:
-        # rotary inv_freq and original_inv_freq buffers: head_dim / 2 fp32 values each
-        values[Category.BUFFERS] = shape.head_dim * 4
 
-    # gradients and optimizer
-    trainable = 0
-    stepped = 4  # bytes per element of the tensors the optimizer updates (its scratch)
-    if mode == "train":
-        trainable = total_params
-        values[Category.GRADIENTS] = trainable * act_bytes
-        master = fmt.name != "fp32" if master_weights is None else master_weights
-        state = (
-            _dense_bytes(optimizer_dtype, "optimizer dtype")
-            if optimizer_dtype
-            else _dense_bytes(compute)
-        )
-        values[Category.OPTIMIZER] = _optimizer_bytes(optimizer, shape, trainable, state) + (
-            trainable * 4 if master else 0
-        )
-        stepped = 4 if master else state
-    elif mode in ("lora", "qlora"):
-        if shape is None:
-            raise UsageError(
-                f"{mode} needs the model's shape to size the adapters",
-                hint="pass a preset name or a config instead of a bare parameter count",
-            )
-        trainable = lora_parameter_count(shape, lora_rank, lora_targets)
-        values[Category.WEIGHTS] += trainable * 4  # adapters kept in fp32
-        values[Category.GRADIENTS] = trainable * 4
-        state = _dense_bytes(optimizer_dtype, "optimizer dtype") if optimizer_dtype else 4
-        values[Category.OPTIMIZER] = _optimizer_bytes(optimizer, None, trainable, state)
-        notes.append(
-            f"LoRA rank {lora_rank} on {lora_targets} ({trainable:,} fp32 adapter parameters)"
-        )
-
-    # activations, KV cache, temporaries
-    if shape is None:
-        if source.module is not None:
-            notes.append("no transformers config: activations need a dry run (profiler.dry_run)")
-        else:
-            notes.append("bare parameter count: activations and KV cache not estimated")
-    elif training:
-        values[Category.ACTIVATIONS] = training_activation_bytes(
-            shape,
-            batch=batch,
-            seq=seq,
-            act_bytes=act_bytes,
-            attention=attention,
-            checkpointing=gradient_checkpointing,
-        )
-        if mode in ("lora", "qlora"):
-            per_layer = lora_target_count(shape, lora_targets)
-            values[Category.ACTIVATIONS] += (
-                shape.num_layers * per_layer * batch * seq * lora_rank * act_bytes
-            )
-        values[Category.TEMPORARIES] = _training_temporaries(
-            shape, fmt, optimizer, trainable, stepped, batch, seq, values[Category.ACTIVATIONS]
-        )
-        if gradient_checkpointing:
-            values[Category.TEMPORARIES] += checkpoint_recompute_bytes(
-                shape, batch=batch, seq=seq, act_bytes=act_bytes, attention=attention
-            )
-    else:
-        kv_bytes = _dense_bytes(kv_cache_dtype, "KV cache dtype") if kv_cache_dtype else act_bytes
-        values[Category.KV_CACHE] = kv_cache_bytes(
-            shape, tokens=seq, batch=batch, dtype_bytes=kv_bytes
-        )
-        values[Category.ACTIVATIONS] = inference_activation_bytes(
-            shape, batch=batch, seq=seq, act_bytes=act_bytes, attention=attention
-        )
-        if fmt.kind not in ("dense", "flat"):
-            biggest = max(m.in_features * m.out_features for m in _matrices(shape))
-            values[Category.TEMPORARIES] = biggest * 2  # one matrix dequantised at a time
-    allocated = sum(values.values())
+def _overheads(
+    allocated: int, margin: float, context_bytes: int | None, spec: GpuSpec | None
+) -> tuple[Overhead, ...]:
+    """The CUDA context and allocator margin lines."""
     context = (
         context_bytes
         if context_bytes is not None
         else (spec.context_bytes if spec is not None else _DEFAULT_CONTEXT)
     )
-    overheads = (
+    return (
         Overhead(
             "CUDA context",
             int(context),
@@ -386,20 +327,236 @@ def estimate(
             f"cached and fragmented blocks the caching allocator reserves ({margin:.0%})",
         ),
     )
-    return Estimate(
-        model=source.name,
-        mode=mode,
-        precision=fmt.name,
-        optimizer=optimizer if training else None,
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """The resolved inputs of one estimate."""
+
+    source: Source
+    fmt: WeightFormat
+    mode: str
+    optimizer: str
+    batch: int
+    seq: int
+    attention: str
+    checkpointing: bool
+    lora_rank: int
+    lora_targets: str
+    measure_step: bool = False
+
+    @property
+    def compute(self) -> str:
+        return self.fmt.name if self.fmt.kind == "dense" else "fp16"
+
+    @property
+    def act_bytes(self) -> int:
+        return _dense_bytes(self.compute)
+
+    @property
+    def measured(self) -> MeasuredModel | None:
+        return self.source.measured
+
+    @property
+    def adapters_present(self) -> bool:
+        """A live module that already has frozen weights and trainable parameters (PEFT)."""
+        m = self.measured
+        return self.source.module is not None and m is not None and 0 < m.trainable < m.parameters
+
+
+def _category_sources(plan: _Plan, step_source: str | None) -> tuple[str, ...]:
+    measured = "measured" if plan.measured is not None else APPROXIMATE
+    rows = []
+    for category in CATEGORIES:
+        if category in (Category.ACTIVATIONS, Category.TEMPORARIES) and step_source:
+            rows.append(step_source)
+        elif category in (Category.ACTIVATIONS, Category.TEMPORARIES):
+            rows.append(APPROXIMATE if plan.source.shape is not None else "not estimated")
+        elif category == Category.KV_CACHE and plan.mode != "inference":
+            rows.append("none in training")
+        elif category == Category.KV_CACHE and plan.measured is not None:
+            rows.append(measured if plan.measured.kv_per_token is not None else APPROXIMATE)
+        else:
+            rows.append(measured)
+    return tuple(rows)
+
+
+def _weights(plan: _Plan, values: dict[Category, int]) -> None:
+    shape, m = plan.source.shape, plan.measured
+    if m is not None:
+        values[Category.WEIGHTS] = m.weight_bytes(plan.fmt)
+        values[Category.BUFFERS] = m.buffer_bytes(plan.act_bytes)
+    elif shape is not None:
+        values[Category.WEIGHTS] = weight_bytes(shape, plan.fmt)
+        if not shape.learned_positions:
+            # rotary inv_freq and original_inv_freq buffers: head_dim / 2 fp32 values each
+            values[Category.BUFFERS] = shape.head_dim * 4
+    else:
+        values[Category.WEIGHTS] = int(round(plan.source.parameters * _flat_bytes(plan.fmt)))
+
+
+def _training_state(
+    plan: _Plan,
+    values: dict[Category, int],
+    notes: list[str],
+    *,
+    master_weights: bool | None,
+    optimizer_dtype: str | None,
+) -> tuple[int, int]:
+    """Gradients and optimizer state; returns (trainable parameters, bytes the step updates)."""
+    m, mode = plan.measured, plan.mode
+    if mode == "train":
+        trainable = plan.source.parameters
+        if plan.source.module is not None and m is not None and m.trainable < m.parameters:
+            trainable = m.trainable
+            notes.append(f"{trainable:,} trainable parameters (requires_grad), the rest frozen")
+        values[Category.GRADIENTS] = trainable * plan.act_bytes
+        master = plan.fmt.name != "fp32" if master_weights is None else master_weights
+        state = _dense_bytes(optimizer_dtype or plan.compute, "optimizer dtype")
+        whole = trainable == plan.source.parameters
+        values[Category.OPTIMIZER] = _optimizer_bytes(
+            plan.optimizer, plan.source.shape, trainable, state, m if whole else None
+        ) + (trainable * 4 if master else 0)
+        return trainable, 4 if master else state
+    if mode not in ("lora", "qlora"):
+        return 0, 4
+    state = _dense_bytes(optimizer_dtype, "optimizer dtype") if optimizer_dtype else 4
+    if plan.adapters_present and m is not None:
+        trainable, grad_bytes = m.trainable, m.trainable_bytes
+        notes.append(f"the module's own {trainable:,} trainable (adapter) parameters")
+    else:
+        trainable = _lora_count(plan)
+        values[Category.WEIGHTS] += trainable * 4  # adapters kept in fp32
+        grad_bytes = trainable * 4
+        notes.append(
+            f"LoRA rank {plan.lora_rank} on {plan.lora_targets} "
+            f"({trainable:,} fp32 adapter parameters)"
+        )
+    values[Category.GRADIENTS] = grad_bytes
+    values[Category.OPTIMIZER] = _optimizer_bytes(plan.optimizer, None, trainable, state)
+    return trainable, 4
+
+
+def _lora_count(plan: _Plan) -> int:
+    if plan.lora_targets not in ("all-linear", "attention", "qv"):
+        raise UnknownNameError(
+            "LoRA target set", plan.lora_targets, ["all-linear", "attention", "qv"]
+        )
+    if plan.measured is not None and plan.measured.matrices:
+        return plan.measured.lora_parameters(plan.lora_rank, plan.lora_targets)
+    if plan.source.shape is None:
+        raise UsageError(
+            f"{plan.mode} needs the model's shape to size the adapters",
+            hint="pass a preset name or a config instead of a bare parameter count",
+        )
+    return lora_parameter_count(plan.source.shape, plan.lora_rank, plan.lora_targets)
+
+
+def _cache(
+    plan: _Plan, values: dict[Category, int], kv_dtype: str | None
+) -> tuple[int, int | None]:
+    """KV cache (and SSM state) after a prefill of ``seq`` tokens; returns (state, per token)."""
+    kv_bytes = _dense_bytes(kv_dtype, "KV cache dtype") if kv_dtype else plan.act_bytes
+    m, shape = plan.measured, plan.source.shape
+    if m is not None and m.kv_per_token is not None:
+        values[Category.KV_CACHE] = (
+            (m.kv_per_token * plan.seq + m.kv_constant) * plan.batch * kv_bytes
+        )
+        return m.state_elements * plan.batch * plan.act_bytes, m.kv_per_token * kv_bytes
+    if shape is not None:
+        values[Category.KV_CACHE] = kv_cache_bytes(
+            shape, tokens=plan.seq, batch=plan.batch, dtype_bytes=kv_bytes
+        )
+        return 0, kv_cache_bytes(shape, tokens=1, dtype_bytes=kv_bytes)
+    return 0, None
+
+
+def _measured_step(plan: _Plan, values: dict[Category, int], notes: list[str]) -> str | None:
+    """Activations and temporaries from a dry run of the real class, where asked and possible."""
+    if not plan.measure_step:
+        return None
+    from profiler.errors import ConfigError, DryRunError
+    from profiler.predict.stepmeasure import STEP_SOURCE, measure_step
+
+    config = plan.source.config
+    if config is None or plan.fmt.kind != "dense":
+        notes.append("measure_step needs a transformers config and a dense precision")
+        return None
+    try:
+        activations, temporaries = measure_step(
+            config,
+            mode=plan.mode,
+            optimizer=plan.optimizer,
+            batch=plan.batch,
+            seq=plan.seq,
+            precision=plan.fmt.name,
+            checkpointing=plan.checkpointing,
+            lora_rank=plan.lora_rank,
+            lora_targets=plan.lora_targets,
+        )
+    except (DryRunError, ConfigError) as exc:
+        notes.append(f"step not measured ({exc.message}); activations from the formulas")
+        return None
+    values[Category.ACTIVATIONS], values[Category.TEMPORARIES] = activations, temporaries
+    if plan.mode == "train" and plan.fmt.name != "fp32":
+        notes.append(
+            f"the measured step updates {plan.fmt.name} weights in place (no fp32 master "
+            f"copy): the optimizer's scratch in temporaries is {plan.fmt.name}"
+        )
+    return STEP_SOURCE
+
+
+def _activations(
+    plan: _Plan, values: dict[Category, int], notes: list[str], trainable: int, stepped: int
+) -> None:
+    shape = plan.source.shape
+    batch, seq, act = plan.batch, plan.seq, plan.act_bytes
+    if shape is None:
+        if plan.source.module is not None and getattr(plan.source.module, "config", None) is None:
+            notes.append("no transformers config: activations need a dry run (profiler.dry_run)")
+        elif plan.measured is not None:
+            notes.append(
+                "activations and temporaries not estimated: the formulas do not cover this "
+                "architecture (measure a step with profiler.dry_run)"
+            )
+        else:
+            notes.append("bare parameter count: activations and KV cache not estimated")
+        return
+    if plan.mode == "inference":
+        values[Category.ACTIVATIONS] = inference_activation_bytes(
+            shape, batch=batch, seq=seq, act_bytes=act, attention=plan.attention
+        )
+        if plan.fmt.kind not in ("dense", "flat"):
+            biggest = max(m.in_features * m.out_features for m in _matrices(shape))
+            values[Category.TEMPORARIES] = biggest * 2  # one matrix dequantised at a time
+        return
+    values[Category.ACTIVATIONS] = training_activation_bytes(
+        shape,
         batch=batch,
         seq=seq,
-        parameters=total_params,
-        trainable_parameters=trainable,
-        bytes=tuple(values[c] for c in CATEGORIES),
-        overheads=overheads,
-        notes=tuple(notes),
-        margin_fraction=margin,
+        act_bytes=act,
+        attention=plan.attention,
+        checkpointing=plan.checkpointing,
     )
+    if plan.mode in ("lora", "qlora"):
+        per_layer = lora_target_count(shape, plan.lora_targets)
+        values[Category.ACTIVATIONS] += (
+            shape.num_layers * per_layer * batch * seq * plan.lora_rank * act
+        )
+    values[Category.TEMPORARIES] = _training_temporaries(
+        shape,
+        plan.fmt,
+        plan.optimizer,
+        trainable,
+        stepped,
+        batch,
+        seq,
+        values[Category.ACTIVATIONS],
+    )
+    if plan.checkpointing:
+        values[Category.TEMPORARIES] += checkpoint_recompute_bytes(
+            shape, batch=batch, seq=seq, act_bytes=act, attention=plan.attention
+        )
 
 
 def _matrices(shape: ModelShape) -> Any:
@@ -421,9 +578,21 @@ def _flat_bytes(fmt: WeightFormat) -> float:
     return 1.0
 
 
-def _optimizer_bytes(optimizer: str, shape: ModelShape | None, trainable: int, state: int) -> int:
+def _optimizer_bytes(
+    optimizer: str,
+    shape: ModelShape | None,
+    trainable: int,
+    state: int,
+    measured: MeasuredModel | None = None,
+) -> int:
     if optimizer == "adafactor":
+        if measured is not None:  # factored second moment of every real parameter shape
+            return measured.adafactor_elements * state
         return adafactor_state_bytes(shape, trainable, state)
+    if optimizer == "adamw-8bit" and measured is not None:
+        # bitsandbytes' rule per real tensor: fp32 state below 4096 elements, else uint8
+        # moments and one fp32 absmax per 256-element block each, plus the two shared maps
+        return measured.adam8_bytes + ADAM8_QMAPS
     return int(round(trainable * optimizer_state_bytes_per_param(optimizer, state)))
 
 

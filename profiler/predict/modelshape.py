@@ -45,6 +45,30 @@ _GATED_TYPES = {
 }
 
 
+#: Architectures whose classes tie the head to the embeddings when the config says nothing.
+_TIED_BY_DEFAULT = {"gpt2", "gemma", "gemma2", "gemma3_text", "falcon"}
+#: Architectures with a plain (ungated) MLP although they use Llama-style names.
+_PLAIN_MLP_TYPES = {"falcon", "gpt_neox", "opt", "bloom", "phi", "starcoder2"}
+#: Config keys that mean an architecture the formulas do not model, and what it is.
+_BEYOND_FORMULAS = (
+    ("moe_intermediate_size", "a MoE with its own expert width"),
+    ("shared_expert_intermediate_size", "a MoE with shared experts"),
+    ("n_shared_experts", "a MoE with shared experts"),
+    ("kv_lora_rank", "multi-head latent attention (MLA)"),
+    ("q_lora_rank", "multi-head latent attention (MLA)"),
+    ("state_size", "a state-space model (SSM)"),
+    ("mamba_d_state", "an attention/SSM hybrid"),
+    ("ssm_cfg", "a state-space model (SSM)"),
+    ("attn_layer_period", "an attention/SSM hybrid"),
+    ("layers_block_type", "an attention/SSM hybrid"),
+    ("hybrid_override_pattern", "an attention/SSM hybrid"),
+)
+_FORMULA_HINT = (
+    "install transformers (pip install transformers) so that gpumem measures it on the real "
+    "model class"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ModelShape:
     """The shape facts of a decoder-only transformer that memory formulas depend on."""
@@ -178,6 +202,7 @@ def shape_from_config(
     if _get(cfg, _ALIASES["hidden_size"]) is None and isinstance(cfg.get("text_config"), dict):
         cfg = {**cfg["text_config"], "model_type": cfg["text_config"].get("model_type", "")}
     model_type = str(cfg.get("model_type") or "")
+    _check_within_formulas(cfg, model_type, where)
     hidden = _required(cfg, "hidden_size", where)
     layers = _required(cfg, "num_layers", where)
     heads = _required(cfg, "num_heads", where)
@@ -209,7 +234,12 @@ def shape_from_config(
     )
     positions = _get(cfg, ("max_position_embeddings", "n_positions", "n_ctx"))
     experts = cfg.get("num_local_experts") or cfg.get("num_experts") or 0
-    gated = bool(cfg.get("gated_mlp", model_type in _GATED_TYPES or not is_gpt2))
+    gated = bool(
+        cfg.get(
+            "gated_mlp",
+            model_type in _GATED_TYPES or not (is_gpt2 or model_type in _PLAIN_MLP_TYPES),
+        )
+    )
     if "hidden_act" in cfg and is_gpt2:
         gated = False
     norms = 4 if model_type in ("gemma2", "gemma3_text") else 2
@@ -227,7 +257,9 @@ def shape_from_config(
         max_positions=None
         if positions is None
         else _positive_int(cfg, "n_positions", positions, where),
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", is_gpt2)),
+        tie_word_embeddings=bool(
+            cfg.get("tie_word_embeddings", is_gpt2 or model_type in _TIED_BY_DEFAULT)
+        ),
         gated_mlp=gated,
         attention_bias=bool(cfg.get("attention_bias", is_gpt2 or model_type == "qwen2")),
         o_bias=bool(cfg.get("o_bias", is_gpt2)),
@@ -247,6 +279,22 @@ def shape_from_config(
         embed_dropout=_rate(cfg, ("embd_pdrop", "embedding_dropout")),
         attention_dropout=_rate(cfg, ("attn_pdrop", "attention_dropout")),
     )
+
+
+def _check_within_formulas(cfg: Mapping[str, Any], model_type: str, where: str) -> None:
+    """Refuse, with a hint, a config whose architecture the formulas would silently get wrong."""
+    for key, what in _BEYOND_FORMULAS:
+        if cfg.get(key) not in (None, 0, False, [], ""):
+            raise ConfigError(
+                f"config {where} describes {what} ({key}); the formulas cannot size it",
+                hint=_FORMULA_HINT,
+            )
+    if "mamba" in model_type or model_type in ("rwkv", "jamba", "zamba", "falcon_h1"):
+        raise ConfigError(
+            f"config {where} is a {printable(model_type, limit=40)!r} model (state-space or "
+            "hybrid layers); the formulas cannot size it",
+            hint=_FORMULA_HINT,
+        )
 
 
 def _rate(cfg: Mapping[str, Any], names: tuple[str, ...]) -> float:

@@ -153,6 +153,12 @@ class Estimate:
         )
         return frame
 
+    def _repr_html_(self) -> str:
+        """The estimate as HTML for notebooks (:func:`profiler.notebook.estimate_html`)."""
+        from profiler.notebook import estimate_html
+
+        return estimate_html(self)
+
 
 # ---------------------------------------------------------------------------------------------
 

@@ -20,7 +20,6 @@ from profiler.errors import UnknownNameError, UsageError
 from profiler.predict.formats import WeightFormat, find_format
 from profiler.predict.formulas import (
     adafactor_state_bytes,
-    checkpoint_recompute_bytes,
     inference_activation_bytes,
     kv_cache_bytes,
     lora_parameter_count,
@@ -559,10 +558,6 @@ def _activations(
         seq,
         values[Category.ACTIVATIONS],
     )
-    if plan.checkpointing:
-        values[Category.TEMPORARIES] += checkpoint_recompute_bytes(
-            shape, batch=batch, seq=seq, act_bytes=act, attention=plan.attention
-        )
 
 
 def _matrices(shape: ModelShape) -> Any:

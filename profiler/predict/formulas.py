@@ -321,8 +321,10 @@ def training_activation_bytes(
     the blocks: embeddings, the final norm and the loss's fp32 log-softmax. The logits are not
     saved for backward (the tracker counts them as temporaries).
 
-    With gradient checkpointing only each block's input is kept (plus the head); the one block
-    recomputed at a time during backward is :func:`checkpoint_recompute_bytes`.
+    With gradient checkpointing each block's input is kept. The head's saved tensors are freed
+    by the loss's backward, before the first block is recomputed (:func:`checkpoint_recompute_bytes`;
+    its saved tensors are activations of that block, as torch's MemTracker books them), so the
+    peak holds the kept inputs and the larger of the head and one block.
     """
     a = act_bytes
     block = _block_training(shape, batch, seq, a, attention, device)
@@ -330,9 +332,7 @@ def training_activation_bytes(
     if not checkpointing:
         return shape.num_layers * _sum(block, rounding) + _sum(head, rounding)
     kept = shape.num_layers * _sum([(batch * seq * shape.hidden_size * a, 1)], rounding)
-    # The block recomputed during backward is held by checkpoint's own saved-tensor hooks; the
-    # tracker counts it as temporaries (see checkpoint_recompute_bytes).
-    return kept + _sum(head, rounding)
+    return kept + max(_sum(head, rounding), _sum(block, rounding))
 
 
 def checkpoint_recompute_bytes(

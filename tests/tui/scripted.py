@@ -171,7 +171,7 @@ def make_session(
         ),
         summary=None if live else {"steps": steps},
         error=None,
-        skipped=0,
+        read_skipped=0,
     )
 
 

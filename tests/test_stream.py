@@ -575,3 +575,44 @@ def test_session_of_another_host_lives_while_its_files_change(tmp_path: Path) ->
     stale = SessionReader(tmp_path, clock=lambda: mtime + 61, pid_exists=pid_exists, host="node-a")
     (view,) = stale.poll()
     assert not view.live and view.status == "killed"
+
+
+def test_the_newest_prediction_event_supersedes_the_meta(tmp_path: Path) -> None:
+    w = writer(tmp_path, interval=0.0)
+    w.update_meta(predicted={"weights": 100, "optimizer": None})
+    w.flush()
+    r = reader(tmp_path, {4321})
+    (view,) = r.poll()  # a stream without prediction events (older gpumem): the meta's
+    assert view.prediction is None and view.predicted == (("weights", 100), ("optimizer", None))
+    for basis, acts in (("entry", None), ("step", 4096)):
+        data = {"basis": basis, "predicted": {"weights": 100, "activations": acts},
+                "batch": 4 if acts else None, "seq": 16 if acts else None}  # fmt: skip
+        w.on_event(Event(T0 + 1, 1, EventKind.PREDICTION, "", data))
+        w.flush()
+        (view,) = r.poll()
+        assert view.prediction is not None and view.prediction.basis == basis
+        assert view.predicted == (("weights", 100), ("activations", acts))
+    assert (view.prediction.batch, view.prediction.seq) == (4, 16)
+    assert view.events == ()  # predictions are not alerts
+    w.close()
+
+
+def test_history_is_frozen_at_its_poll_and_parsed_once(tmp_path: Path) -> None:
+    w = writer(tmp_path, interval=0.0)
+    r = reader(tmp_path, {4321})
+    w.on_sample(sample(T0 + 1))
+    w.flush()
+    (first,) = r.poll()
+    w.on_sample(sample(T0 + 2))
+    w.flush()
+    (second,) = r.poll()
+    # read after the second poll, the first poll's history still ends at its own sample
+    assert [p.time for p in first.history] == [T0 + 1]
+    assert [p.time for p in second.history] == [T0 + 1, T0 + 2]
+    (third,) = r.poll()  # nothing new: the same view
+    assert third is second
+    with open(w.directory / "samples.jsonl", "a") as handle:
+        handle.write("not json\n")
+    (fourth,) = r.poll()
+    assert len(fourth.history) == 2 and fourth.skipped == 1
+    w.close()

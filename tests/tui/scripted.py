@@ -106,14 +106,19 @@ def make_session(
     device: str = "cuda:0",
     rank: int | None = None,
     step_seconds: float = 1.0,
+    job_id: str | None = None,
+    world_size: int = 2,
+    scale: int = 1,
 ) -> SessionView:
     """A session with ``steps`` step ends, activations growing ``growth`` bytes a step."""
     start = FIXED_TIME - steps * step_seconds - 5
-    base = dict(weights=2 * GIB, gradients=2 * GIB, optimizer=4 * GIB, temporaries=256 * MIB)
+    base = dict(
+        weights=2 * GIB, gradients=2 * GIB, optimizer=4 * GIB, temporaries=256 * MIB * scale
+    )
     history = []
     step_points = []
     for i in range(steps):
-        acts = 6 * GIB + growth * i
+        acts = 6 * GIB * scale + growth * i
         forward = category_bytes(**base, activations=acts)
         history.append(HistoryPoint(start + i * step_seconds, i, sum(forward), forward))
         idle = category_bytes(**base, activations=growth * i)
@@ -124,14 +129,15 @@ def make_session(
         )  # fmt: skip
     last = step_points[-1] if step_points else None
     meta = SessionMeta(
-        id=f"20270115T075900.000000-node-{pid}-{name}",
+        id=f"20270115T075900.000000-node-{pid}-{name}" + ("" if job_id is None else f"-r{rank}"),
         directory=f"/scripted/{name}",
         name=name,
         pid=pid,
         host="node",
         start_time=start,
         rank=rank,
-        world_size=None if rank is None else 2,
+        world_size=None if rank is None else world_size,
+        job_id=job_id,
         device=device,
         device_index=int(device.split(":")[1]) if ":" in device else None,
         model_class="GPT2LMHeadModel",
@@ -196,6 +202,18 @@ SUGGESTION = SessionEvent(
     {"kind": "checkpointing", "title": "activation checkpointing", "saves_bytes": 4 * GIB,
      "fits": True},
 )  # fmt: skip
+
+
+def job_sessions(job_id: str = "j7", ranks: int = 3, world_size: int = 4) -> list[SessionView]:
+    """``ranks`` ranks of a job on GPUs 0.. (rank r's activations and temporaries x (r + 1),
+    rank 1 two steps behind): peaks 14.25, 20.50 and 26.75 GiB for three ranks."""
+    return [
+        make_session(
+            "ddp-train", 5000 + r, device=f"cuda:{r}", rank=r, job_id=job_id,
+            world_size=world_size, scale=r + 1, steps=18 if r == 1 else 20,
+        )
+        for r in range(ranks)
+    ]  # fmt: skip
 
 
 def scripted_builder(

@@ -16,7 +16,7 @@ from rich.text import Text
 
 from profiler.backends.base import DeviceInfo, ProcessInfo
 from profiler.records import CATEGORIES
-from profiler.session.jobs import JobView, group_jobs, job_dict
+from profiler.session.jobs import JobView, job_dict
 from profiler.session.reader import SessionView
 from profiler.units import format_bytes
 from tui.snapshot import (
@@ -419,7 +419,8 @@ def snapshot_to_dict(snapshot: Snapshot, *, sort: str = "memory") -> dict[str, A
             "bytes": None
             if view.bytes is None
             else dict(zip((str(c) for c in CATEGORIES), view.bytes, strict=True)),
-            "predicted": dict(meta.predicted),
+            "predicted": dict(view.predicted),
+            "prediction_basis": None if view.prediction is None else view.prediction.basis,
             "capacity": session_capacity(view, snapshot.devices),
             "alerts": [
                 {"severity": a.severity, "kind": a.kind, "title": a.title, "fix": a.fix}
@@ -446,8 +447,7 @@ def snapshot_to_dict(snapshot: Snapshot, *, sort: str = "memory") -> dict[str, A
 
 def snapshot_jobs(snapshot: Snapshot) -> list[JobView]:
     """The distributed jobs among the snapshot's sessions (sessions sharing a job id)."""
-    grouped = group_jobs(snapshot.sessions, lambda v: session_capacity(v, snapshot.devices))
-    return [item for item in grouped if isinstance(item, JobView)]
+    return snapshot.jobs()
 
 
 def job_row(job: JobView) -> tuple[str, ...]:

@@ -616,3 +616,29 @@ def test_history_is_frozen_at_its_poll_and_parsed_once(tmp_path: Path) -> None:
     (fourth,) = r.poll()
     assert len(fourth.history) == 2 and fourth.skipped == 1
     w.close()
+
+
+def test_ranks_by_step_reads_a_job_from_its_step_ends_until_focused(tmp_path: Path) -> None:
+    w = SessionWriter.create(
+        home=tmp_path, name="rank", pid=4321, host="node-a", start_time=T0, interval=0.0,
+        flush_thread=False, prune=False, rank=1, world_size=2, job_id="j1",
+    )  # fmt: skip
+    r = SessionReader(
+        tmp_path, clock=lambda: T0 + 10, pid_exists=lambda p: True, host="node-a",
+        ranks_by_step=True,
+    )  # fmt: skip
+    w.on_sample(sample(T0 + 1, total_scale=2))  # 72,000 B: the step's peak, between step ends
+    w.on_step(step_record(3, T0 + 2, 50_000))
+    w.on_sample(sample(T0 + 3))  # 36,000 B
+    w.flush()
+    (view,) = r.poll()
+    # its step end only: no samples read, the writer's session peak covers the one before
+    assert (view.step, view.current, view.peak, len(view.history)) == (3, 50_000, 72_000, 0)
+    r.focus(jobs=["j1"])
+    (view,) = r.poll()  # focused: the end of its samples read at once
+    assert [p.total for p in view.history] == [72_000, 36_000]
+    assert (view.current, view.phase) == (36_000, "forward")
+    r.focus()
+    (view,) = r.poll()
+    assert len(view.history) == 0 and view.current == 50_000
+    w.close()

@@ -25,7 +25,7 @@ from textual.reactive import reactive
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Static
 
-from tui.snapshot import EMPTY_SNAPSHOT, PROCESS_SORTS, Snapshot
+from tui.snapshot import EMPTY_SNAPSHOT, PROCESS_SORTS, Snapshot, SnapshotBuilder
 from tui.widgets.jobs import job_id_of
 from tui.widgets.panels import (
     AlertsPanel,
@@ -224,6 +224,10 @@ class GpumemTopApp(App[None]):
         if self.paused or self._fetching:
             return
         self._fetching = True
+        if isinstance(self.builder, SnapshotBuilder):  # read what the open screens show in full
+            jobs = {s.job_id for s in self.screen_stack if isinstance(s, JobScreen)}
+            sessions = {s.session_id for s in self.screen_stack if isinstance(s, SessionScreen)}
+            self.builder.focus = (frozenset(jobs), frozenset(sessions))
         self._fetch_worker()
 
     @work(thread=True, group="snapshot", exit_on_error=False)
@@ -293,7 +297,9 @@ class GpumemTopApp(App[None]):
     def open_session(self, session_id: str) -> None:
         """Show the detail screen of one session."""
         self.push_screen(SessionScreen(session_id, self.snapshot))
+        self.fetch()  # its samples now, when it is a rank read from its step ends
 
     def open_job(self, job_id: str) -> None:
         """Show the per-rank table of one job."""
         self.push_screen(JobScreen(job_id, self.snapshot))
+        self.fetch()

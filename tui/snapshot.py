@@ -127,6 +127,8 @@ class SnapshotBuilder:
         self.clock = clock
         self.source_error = source_error
         self._factory = source_factory
+        #: (job ids, session ids) the screens show in detail, passed to a reader with ``focus``
+        self.focus: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
 
     def build(self) -> Snapshot:
         """One snapshot; every failure is caught and described in the snapshot."""
@@ -154,6 +156,9 @@ class SnapshotBuilder:
         sessions: tuple[SessionView, ...] = ()
         if self.sessions is not None:
             try:
+                focus = getattr(self.sessions, "focus", None)
+                if callable(focus):
+                    focus(*self.focus)
                 sessions = tuple(self.sessions.poll())
             except Exception as exc:
                 session_error = f"sessions unavailable: {_describe(exc)}"

@@ -27,7 +27,7 @@ import re
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,7 @@ class _SessionState:
         self.samples = JsonlTail(directory / SAMPLES)
         self.events_tail = JsonlTail(directory / EVENTS)
         self.log = SampleLog(history)
+        self.sampling = True  # False while only its step ends are read (a job's rank)
         self.steps: deque[StepPoint] = deque(maxlen=history)
         self.events: deque[SessionEvent] = deque(maxlen=events)
         self.events_seen = 0
@@ -111,8 +112,9 @@ class _SessionState:
         self.here: tuple[SessionMeta, bool] | None = None  # (meta, whether its pid is ours)
         self.steps_shown: tuple[StepPoint, ...] = ()
 
-    def update(self) -> None:
-        """Read whatever changed on disk since the last call."""
+    def update(self, by_step: Callable[[_SessionState], bool] | None = None) -> None:
+        """Read whatever changed on disk since the last call (where ``by_step`` says so, once
+        the meta is read: not the samples, only the events; a rank of a job shown as one row)."""
         self._meta()
         schema = self.meta.schema
         if schema is not None and schema != SCHEMA_VERSION:
@@ -120,9 +122,13 @@ class _SessionState:
             return
         if self.summary_read:
             return  # ended: every file was read to its end
-        lines = self.samples.read_lines()
-        if lines:
-            self._samples(lines)
+        samples = by_step is None or not by_step(self)
+        if samples != self.sampling:
+            self._sample_from_now(samples)
+        if samples:
+            lines = self.samples.read_lines()
+            if lines:
+                self._samples(lines)
         for record in self.events_tail.read():
             self._event(record)
         self._modules()
@@ -137,6 +143,13 @@ class _SessionState:
             self._peak(int_or_none(data.get("session_peak")))
             self.samples.close()
             self.events_tail.close()
+
+    def _sample_from_now(self, samples: bool) -> None:
+        """Start (the end of the file is read again: a fresh history) or stop reading samples."""
+        self.sampling = samples
+        self.samples.close()
+        self.log = SampleLog(self.log.maxlen)
+        self.latest, self.latest_time, self.latest_bytes = None, 0.0, None
 
     def _meta(self) -> None:
         meta_path = self.paths[META]
@@ -367,6 +380,12 @@ class SessionReader:
         pid_exists: tells whether a pid exists on this host (tests script it); by default a
             pid counts only if its process started no later than the session (pid reuse).
         host: this host's name.
+        ranks_by_step: read the ranks of a job (sessions with a job id) from their step ends
+            only, not their samples, unless :meth:`focus` names the job or the rank: what
+            ``gpumem top`` does, whose main screen shows a job as one row (its ranks' peaks,
+            steps and step-end figures, at most a step behind the samples). A rank read that
+            way has no history and no phase until it is focused (then the last 256 KiB of its
+            samples are read at once).
     """
 
     def __init__(
@@ -380,8 +399,11 @@ class SessionReader:
         clock: Callable[[], float] = time.time,
         pid_exists: Callable[[int], bool] | None = None,
         host: str | None = None,
+        ranks_by_step: bool = False,
     ) -> None:
         self.root = sessions_dir(home, create=False)
+        self.ranks_by_step = ranks_by_step
+        self._focus: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
         self.home = self.root.parent
         self.history = history
         self.events = events
@@ -393,6 +415,18 @@ class SessionReader:
         self._states: dict[str, _SessionState] = {}
         self._here = this_machine()
         self._ignored: set[str] = set()
+
+    def focus(self, jobs: Iterable[str] = (), sessions: Iterable[str] = ()) -> None:
+        """Read these jobs' ranks and these sessions in full (with ``ranks_by_step``)."""
+        self._focus = (frozenset(jobs), frozenset(sessions))
+
+    def _by_step(self, state: _SessionState) -> bool:
+        """Whether ``state`` is a rank read from its step ends only (``ranks_by_step``)."""
+        job_id = state.meta.job_id
+        if not self.ranks_by_step or job_id is None:
+            return False
+        jobs, sessions = self._focus
+        return job_id not in jobs and state.directory.name not in sessions
 
     def poll(self) -> list[SessionView]:
         """Read what changed and return every listed session: live ones first (by start time),
@@ -435,7 +469,7 @@ class SessionReader:
                 return True, None
             state = _SessionState(directory, self.history, self.events)
             self._states[name] = state
-        state.update()
+        state.update(self._by_step)
         return False, self._judge(state, now)
 
     def _broken(self, name: str, exc: Exception) -> SessionView:

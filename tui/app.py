@@ -99,17 +99,44 @@ class HelpScreen(ModalScreen[None]):
         return self.dismiss(None)
 
 
-class SessionScreen(Screen[None]):
-    """One session: stacked bars by category, history, top modules, alerts."""
+class _DetailScreen(Screen[None]):
+    """A screen opened from a table (escape goes back), drawn from the latest snapshot."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,backspace", "app.pop_screen", "back"),
     ]
+    #: border titles by widget id
+    TITLES: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        super().__init__()
+        self._first = snapshot
+
+    def on_mount(self) -> None:
+        for widget_id, title in self.TITLES.items():
+            self.query_one(f"#{widget_id}").border_title = title
+        app = self.app
+        if isinstance(app, GpumemTopApp):
+            status = self.query_one(StatusBar)
+            status.paused = app.paused
+            status.sort = app.sort
+        for widget in self.query(".snapshot-view"):
+            widget.snapshot = self._first  # type: ignore[attr-defined]
+
+
+class SessionScreen(_DetailScreen):
+    """One session: stacked bars by category, history, top modules, alerts."""
+
+    TITLES: ClassVar[dict[str, str]] = {
+        "categories": "memory by category: measured vs predicted",
+        "history": "history",
+        "modules": "top modules by activations",
+        "alerts": "alerts and fixes",
+    }
 
     def __init__(self, session_id: str, snapshot: Snapshot) -> None:
-        super().__init__()
+        super().__init__(snapshot)
         self.session_id = session_id
-        self._first = snapshot
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status", classes="snapshot-view")
@@ -122,31 +149,15 @@ class SessionScreen(Screen[None]):
                 yield AlertsPanel(self.session_id, id="alerts")
         yield Footer()
 
-    def on_mount(self) -> None:
-        self.query_one("#categories").border_title = "memory by category: measured vs predicted"
-        self.query_one("#history").border_title = "history"
-        self.query_one("#modules").border_title = "top modules by activations"
-        self.query_one("#alerts").border_title = "alerts and fixes"
-        app = self.app
-        if isinstance(app, GpumemTopApp):
-            status = self.query_one(StatusBar)
-            status.paused = app.paused
-            status.sort = app.sort
-        for widget in self.query(".snapshot-view"):
-            widget.snapshot = self._first  # type: ignore[attr-defined]
 
-
-class JobScreen(Screen[None]):
+class JobScreen(_DetailScreen):
     """One job: its header, the per-rank table and the highlighted rank's categories."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape,backspace", "app.pop_screen", "back"),
-    ]
+    TITLES: ClassVar[dict[str, str]] = {"ranks": "ranks (enter: open)"}
 
     def __init__(self, job_id: str, snapshot: Snapshot) -> None:
-        super().__init__()
+        super().__init__(snapshot)
         self.job_id = job_id
-        self._first = snapshot
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status", classes="snapshot-view")
@@ -156,14 +167,7 @@ class JobScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#ranks").border_title = "ranks (enter: open)"
-        app = self.app
-        if isinstance(app, GpumemTopApp):
-            status = self.query_one(StatusBar)
-            status.paused = app.paused
-            status.sort = app.sort
-        for widget in self.query(".snapshot-view"):
-            widget.snapshot = self._first  # type: ignore[attr-defined]
+        super().on_mount()
         self.query_one(RanksTable).focus()
 
 

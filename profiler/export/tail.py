@@ -200,7 +200,8 @@ class _Session:
         record = None if step_end is None else files.parse_line(step_end)
         if record is None:
             return
-        data_ = record.get("data") if isinstance(record.get("data"), dict) else {}
+        found = record.get("data")
+        data_: dict[str, Any] = found if isinstance(found, dict) else {}
         self._step(record.get("step"))
         self._peak(data_.get("peak"))
         self._peak(data_.get("session_peak"))

@@ -90,6 +90,7 @@ class _SessionState:
         self.events_tail = JsonlTail(directory / EVENTS)
         self.log = SampleLog(history)
         self.sampling = True  # False while only its step ends are read (a job's rank)
+        self.by_step: Callable[[_SessionState], bool] | None = None
         self.steps: deque[StepPoint] = deque(maxlen=history)
         self.events: deque[SessionEvent] = deque(maxlen=events)
         self.events_seen = 0
@@ -112,9 +113,9 @@ class _SessionState:
         self.here: tuple[SessionMeta, bool] | None = None  # (meta, whether its pid is ours)
         self.steps_shown: tuple[StepPoint, ...] = ()
 
-    def update(self, by_step: Callable[[_SessionState], bool] | None = None) -> None:
-        """Read whatever changed on disk since the last call (where ``by_step`` says so, once
-        the meta is read: not the samples, only the events; a rank of a job shown as one row)."""
+    def update(self) -> None:
+        """Read whatever changed on disk since the last call (where :attr:`by_step` says so,
+        once the meta is read: not the samples, only the events; a rank of a job in one row)."""
         self._meta()
         schema = self.meta.schema
         if schema is not None and schema != SCHEMA_VERSION:
@@ -122,7 +123,7 @@ class _SessionState:
             return
         if self.summary_read:
             return  # ended: every file was read to its end
-        samples = by_step is None or not by_step(self)
+        samples = self.by_step is None or not self.by_step(self)
         if samples != self.sampling:
             self._sample_from_now(samples)
         if samples:
@@ -131,7 +132,8 @@ class _SessionState:
                 self._samples(lines)
         for record in self.events_tail.read():
             self._event(record)
-        self._modules()
+        if samples:
+            self._modules()  # a rank read by its step ends shows no modules until focused
         summary_path = self.paths[SUMMARY]
         if os.path.lexists(summary_path):
             self.summary_read = True
@@ -468,8 +470,9 @@ class SessionReader:
                 self._ignored.add(name)
                 return True, None
             state = _SessionState(directory, self.history, self.events)
+            state.by_step = self._by_step
             self._states[name] = state
-        state.update(self._by_step)
+        state.update()
         return False, self._judge(state, now)
 
     def _broken(self, name: str, exc: Exception) -> SessionView:

@@ -17,7 +17,7 @@ from rich.text import Text
 from profiler.session.reader import SessionView
 from profiler.units import format_bytes
 from tui.snapshot import category_rows
-from tui.widgets.render import CATEGORY_STYLES
+from tui.widgets.render import CATEGORY_STYLES, stacked_bar
 
 __all__ = ["compare_title", "render_category_compare"]
 
@@ -48,13 +48,7 @@ def compare_title(session: SessionView) -> str:
 
 
 def _stacked(label: str, values: Sequence[tuple[str, int]], scale: int, inner: int) -> Text:
-    text = Text(f"{label:<10}")
-    used = 0
-    for name, value in values:
-        cells = min(int(round(value / scale * inner)), inner - used)
-        text.append("█" * cells, style=CATEGORY_STYLES.get(name, "white"))
-        used += cells
-    text.append("·" * (inner - used), style="grey35")
+    text = stacked_bar(label, values, scale, inner)
     text.append(f" {format_bytes(sum(v for _, v in values)):>11}")
     return text
 

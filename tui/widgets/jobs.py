@@ -15,6 +15,7 @@ from profiler.session.jobs import JobView
 from profiler.session.reader import SessionView
 from profiler.units import format_bytes
 from tui.snapshot import Snapshot, session_capacity
+from tui.widgets.render import session_row
 
 __all__ = [
     "JOB_PREFIX",
@@ -67,21 +68,8 @@ def job_id_of(identity: str | None) -> str | None:
 
 
 def _session_cells(session: SessionView, devices: Sequence[DeviceInfo]) -> tuple[str, ...]:
-    meta = session.meta
-    rank = "-" if meta.rank is None else f"{meta.rank}/{_opt(meta.world_size)}"
-    return (
-        meta.name,
-        _opt(meta.pid),
-        rank,
-        meta.device or "-",
-        _opt(session.step),
-        format_bytes(session.current),
-        format_bytes(session.peak),
-        "",
-        "",
-        _share(session.peak, session_capacity(session, devices)),
-        _status(session),
-    )
+    *who, status = session_row(session)  # NAME ... PEAK, STATUS as --once prints them
+    return (*who, "", "", _share(session.peak, session_capacity(session, devices)), status)
 
 
 def _job_cells(job: JobView) -> tuple[str, ...]:

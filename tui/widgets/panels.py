@@ -199,7 +199,7 @@ class RanksTable(RowTable):
 
     def __init__(self, job_id: str, *, id: str | None = None) -> None:
         super().__init__(id=id, classes="snapshot-view")
-        self.job_id = job_id
+        self.job_id = job_id  # the job shown
 
     def watch_snapshot(self, snapshot: Snapshot) -> None:
         job = snapshot.job(self.job_id)
@@ -219,7 +219,10 @@ class JobHeaderPanel(_CalmStatic):
         self.job_id = job_id
 
     def watch_snapshot(self, snapshot: Snapshot) -> None:
-        job = snapshot.job(self.job_id)
+        self._redraw()
+
+    def _redraw(self) -> None:
+        job = self.snapshot.job(self.job_id)
         if job is None:
             self.show(None, lambda: Text("this job is no longer listed", style="dim"), 1)
             return

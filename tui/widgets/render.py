@@ -41,6 +41,7 @@ __all__ = [
     "session_row",
     "snapshot_to_dict",
     "sparkline",
+    "stacked_bar",
 ]
 
 #: One colour per category, used by the stacked bars, the legend and the history chart.
@@ -131,6 +132,18 @@ def session_row(session: SessionView) -> tuple[str, ...]:
     )
 
 
+def stacked_bar(label: str, values: Sequence[tuple[str, int]], scale: int, inner: int) -> Text:
+    """``label`` and a bar ``inner`` cells wide, one colour per (category, bytes), on ``scale``."""
+    text = Text(f"{label:<10}")
+    used = 0
+    for name, value in values:
+        cells = min(int(round(value / scale * inner)), inner - used)
+        text.append("█" * cells, style=CATEGORY_STYLES.get(name, "white"))
+        used += cells
+    text.append("·" * (inner - used), style="grey35")
+    return text
+
+
 def render_category_bars(session: SessionView, width: int = 80) -> RenderableType:
     """Stacked bars by category (now, at the last step's peak, predicted) and a legend table."""
     rows = category_rows(session)
@@ -144,14 +157,7 @@ def render_category_bars(session: SessionView, width: int = 80) -> RenderableTyp
     inner = max(10, width - 12)
 
     def stacked(label: str, values: Sequence[tuple[str, int]]) -> Text:
-        text = Text(f"{label:<10}")
-        used = 0
-        for name, value in values:
-            cells = min(int(round(value / scale * inner)), inner - used)
-            text.append("█" * cells, style=CATEGORY_STYLES.get(name, "white"))
-            used += cells
-        text.append("·" * (inner - used), style="grey35")
-        return text
+        return stacked_bar(label, values, scale, inner)
 
     lines: list[RenderableType] = [stacked("now", [(r[0], r[1]) for r in rows])]
     if has_peak:

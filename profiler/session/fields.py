@@ -9,6 +9,7 @@ Plain files only: no torch, no pandas.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,15 +84,19 @@ def bytes_tuple(value: Any) -> tuple[int, ...]:
     """Per-category bytes from ``{"weights": n, ...}`` in :data:`CATEGORIES` order (missing: 0)."""
     if not isinstance(value, Mapping):
         return _ZEROS
-    get = value.get
-    values = tuple([get(name, 0) for name in _CATEGORY_NAMES])
-    for item in values:
-        if type(item) is not int or not -_LIMIT <= item <= _LIMIT:  # rare: clean one by one
-            return tuple(int_or_none(v) or 0 for v in values)
-    return values
+    try:
+        values = _GET_ALL(value)  # the writer writes every category
+    except KeyError:
+        get = value.get
+        values = tuple([get(name, 0) for name in _CATEGORY_NAMES])
+    if set(map(type, values)) == _INTS and -_LIMIT <= min(values) and max(values) <= _LIMIT:
+        return values
+    return tuple(int_or_none(v) or 0 for v in values)  # rare: clean one by one
 
 
 _ZEROS = (0,) * len(_CATEGORY_NAMES)
+_GET_ALL = operator.itemgetter(*_CATEGORY_NAMES)
+_INTS = {int}
 
 #: Predicted bytes per category, in :data:`CATEGORIES` order (``None``: no prediction).
 Predicted = tuple[tuple[str, int | None], ...]

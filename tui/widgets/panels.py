@@ -7,6 +7,7 @@ pure function of the snapshot (:mod:`tui.widgets.render`), so no widget ever tou
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
@@ -15,6 +16,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Static
 
+from profiler.backends.base import ProcessInfo
 from profiler.session.reader import SessionView
 from tui.snapshot import EMPTY_SNAPSHOT, PROCESS_SORTS, Snapshot, sort_processes
 from tui.widgets.compare import compare_title, render_category_compare
@@ -141,6 +143,13 @@ class DevicesPanel(_CalmStatic):
         )
 
 
+@functools.lru_cache(maxsize=4096)
+def _process_row(process: ProcessInfo) -> Row:
+    """A process's row, made once per state of it (most processes do not change per refresh)."""
+    pid, user, gpu, memory, command = process_row(process)
+    return (f"{process.pid}:{process.device_index}", (pid, user, gpu, memory, command[:80]), "")
+
+
 class ProcessesTable(RowTable):
     """Processes holding GPU memory: pid, user, GPU, memory, command; ``s`` changes the order."""
 
@@ -165,11 +174,7 @@ class ProcessesTable(RowTable):
         subtitle = None if snapshot.process_error is None else Text(snapshot.process_error)
         if self.border_subtitle != subtitle:
             self.border_subtitle = subtitle  # plain text, never markup
-        rows: list[Row] = []
-        for process in sort_processes(snapshot.processes, self.sort):
-            pid, user, gpu, memory, command = process_row(process)
-            identity = f"{process.pid}:{process.device_index}"
-            rows.append((identity, (pid, user, gpu, memory, command[:80]), ""))
+        rows: list[Row] = [_process_row(p) for p in sort_processes(snapshot.processes, self.sort)]
         self.sync_rows(rows)
 
 

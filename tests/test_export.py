@@ -113,11 +113,15 @@ def test_scrape_during_a_live_two_rank_job(tmp_path: Path) -> None:
                     series(samples, "gpumem_memory_bytes", category=str(category), **labels)
                     == value
                 )
-            predicted = dict(view.meta.predicted)
-            assert (
-                series(samples, "gpumem_predicted_bytes", category="weights", **labels)
-                == (predicted["weights"])
-            )
+            # the newest prediction event's figures (made at entry, refined at the first step)
+            assert view.prediction is not None
+            predicted = dict(view.predicted)
+            for category, figure in predicted.items():
+                if figure is not None:
+                    assert (
+                        series(samples, "gpumem_predicted_bytes", category=category, **labels)
+                        == figure
+                    )
             # Linear(64, 128) fp32, predicted from the shapes
             assert predicted["weights"] == (64 * 128 + 128) * 4
             assert series(samples, "gpumem_leak_alerts", **labels) == 0

@@ -89,7 +89,7 @@ def bytes_tuple(value: Any) -> tuple[int, ...]:
     except KeyError:
         get = value.get
         values = tuple([get(name, 0) for name in _CATEGORY_NAMES])
-    if set(map(type, values)) == _INTS and -_LIMIT <= min(values) and max(values) <= _LIMIT:
+    if set(map(type, values)) == _INTS and min(values) >= -_LIMIT and max(values) <= _LIMIT:
         return values
     return tuple(int_or_none(v) or 0 for v in values)  # rare: clean one by one
 

@@ -94,6 +94,43 @@ def category_bytes(**values: int) -> tuple[int, ...]:
     return tuple(values.get(str(c), 0) for c in CATEGORIES)
 
 
+def scripted_meta(
+    name: str,
+    pid: int,
+    start: float,
+    device: str,
+    rank: int | None,
+    job_id: str | None,
+    world_size: int,
+    capacity: int | None,
+) -> SessionMeta:
+    """The metadata of a scripted session (a GPT-2 in fast mode, predictions in the meta)."""
+    return SessionMeta(
+        id=f"20270115T075900.000000-node-{pid}-{name}" + ("" if job_id is None else f"-r{rank}"),
+        directory=f"/scripted/{name}",
+        name=name,
+        pid=pid,
+        host="node",
+        start_time=start,
+        rank=rank,
+        world_size=None if rank is None else world_size,
+        job_id=job_id,
+        device=device,
+        device_index=int(device.split(":")[1]) if ":" in device else None,
+        model_class="GPT2LMHeadModel",
+        param_count=124_439_808,
+        mode="fast",
+        capacity=capacity,
+        predicted=(
+            ("weights", 2 * GIB),
+            ("gradients", 2 * GIB),
+            ("optimizer", 4 * GIB),
+            ("activations", 5 * GIB),
+        ),
+        schema=1,
+    )
+
+
 def make_session(
     name: str = "train",
     pid: int = 4242,
@@ -128,30 +165,7 @@ def make_session(
                       idle, None, forward)
         )  # fmt: skip
     last = step_points[-1] if step_points else None
-    meta = SessionMeta(
-        id=f"20270115T075900.000000-node-{pid}-{name}" + ("" if job_id is None else f"-r{rank}"),
-        directory=f"/scripted/{name}",
-        name=name,
-        pid=pid,
-        host="node",
-        start_time=start,
-        rank=rank,
-        world_size=None if rank is None else world_size,
-        job_id=job_id,
-        device=device,
-        device_index=int(device.split(":")[1]) if ":" in device else None,
-        model_class="GPT2LMHeadModel",
-        param_count=124_439_808,
-        mode="fast",
-        capacity=capacity,
-        predicted=(
-            ("weights", 2 * GIB),
-            ("gradients", 2 * GIB),
-            ("optimizer", 4 * GIB),
-            ("activations", 5 * GIB),
-        ),
-        schema=1,
-    )
+    meta = scripted_meta(name, pid, start, device, rank, job_id, world_size, capacity)
     return SessionView(
         meta=meta,
         live=live,

@@ -2,7 +2,7 @@
 
 Run::
 
-    PYTHONPATH=. python benchmarks/top_jobs.py [--seconds 5]
+    PYTHONPATH=. python benchmarks/top_jobs.py [--seconds 10]
 
 Setup as in ``benchmarks/top_refresh.py`` (8 scripted GPUs, 200 processes), with 256 sessions
 written at 10 samples plus one step end a simulated second, each with a rank and a job id in
@@ -61,7 +61,7 @@ class JobWriters(Writers):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=10)
     args = parser.parse_args()
     top_refresh.SESSIONS = JOBS * RANKS
     with tempfile.TemporaryDirectory() as home:
@@ -82,7 +82,7 @@ def main() -> int:
                 build.append(time.process_time() - t)
             figures[label] = statistics.median(build) * 1e3
         builder.focus = (frozenset(), frozenset())
-        apply = statistics.median(asyncio.run(apply_costs(builder, writers, 5))) * 1e3
+        apply = statistics.median(asyncio.run(apply_costs(builder, writers, 10))) * 1e3
         writers.close()
     jobs = len(snapshot.jobs())
     print(f"setup: {JOBS} jobs x {RANKS} ranks = {JOBS * RANKS} sessions; {jobs} jobs grouped")

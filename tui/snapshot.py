@@ -185,6 +185,7 @@ def _clean_device(info: DeviceInfo) -> DeviceInfo:
     return dataclasses.replace(info, name=name, uuid=uuid)
 
 
+@functools.lru_cache(maxsize=4096)  # a process seldom changes between two refreshes
 def _clean_process(info: ProcessInfo) -> ProcessInfo:
     name, user, command = _clean(info.name, 200), _clean(info.user, 64), _clean(info.command, 2000)
     if name == info.name and user == info.user and command == info.command:

@@ -125,3 +125,33 @@ def test_ranks_by_step_reads_a_job_from_its_step_ends_until_focused(tmp_path: Pa
     (view,) = r.poll()
     assert len(view.history) == 0 and view.current == 50_000
     w.close()
+
+
+def test_a_live_pid_is_checked_by_start_time_then_by_signal_0(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    now = [time.time()]
+    writers = [
+        SessionWriter.create(
+            home=tmp_path, name=name, pid=pid, start_time=now[0], interval=0.0,
+            flush_thread=False, prune=False,
+        )
+        for name, pid in (("me", os.getpid()), ("gone", int(gone.stdout)))
+    ]  # fmt: skip
+    r = SessionReader(tmp_path, clock=lambda: now[0])
+    assert {v.meta.name: v.live for v in r.poll()} == {"me": True, "gone": False}
+    (me,) = [s for s in r._states.values() if s.meta.name == "me"]
+    checked = me.verified_at
+    assert checked == now[0]  # its start time was checked
+    now[0] += 10  # within 30 s: a signal-0 probe only, the check's time kept
+    assert [v.meta.name for v in r.poll() if v.live] == ["me"] and me.verified_at == checked
+    now[0] += 30  # then checked again
+    assert [v.meta.name for v in r.poll() if v.live] == ["me"] and me.verified_at == now[0]
+    r.close()
+    for writer_ in writers:
+        writer_.close()

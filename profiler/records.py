@@ -66,7 +66,6 @@ class EventKind(StrEnum):
     OOM = "oom"
     SUGGESTION = "suggestion"
     WARNING = "warning"
-    PREDICTION = "prediction"
     END = "end"
 
 

@@ -71,8 +71,7 @@ def make_builder(args: argparse.Namespace) -> Any:
             raise UsageError(f"--home {shown!r} cannot be used: {exc}") from None
         if not_a_directory:
             raise UsageError(f"--home {shown!r} is not a directory")
-    # the dashboard shows a job as one row: its ranks' samples are read once it is opened
-    reader = SessionReader(args.home, ranks_by_step=not args.once)
+    reader = SessionReader(args.home)
     if args.demo:
         from profiler.backends.fake import demo_source
 

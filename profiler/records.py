@@ -66,6 +66,7 @@ class EventKind(StrEnum):
     OOM = "oom"
     SUGGESTION = "suggestion"
     WARNING = "warning"
+    PREDICTION = "prediction"
     END = "end"
 
 

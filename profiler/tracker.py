@@ -142,6 +142,7 @@ class MemoryTracker(EngineView, TrackerHtml):
         self._inputs = InputRecorder()
         #: The OOM post-mortem, once one was written (see :mod:`profiler.report`).
         self.oom_report: OomReport | None = None
+        self._predictions = _Predictions(self)
 
     # ================================================================== the block
 
@@ -151,6 +152,7 @@ class MemoryTracker(EngineView, TrackerHtml):
         try:
             self._inputs = InputRecorder.watching(self._state.model)
             self._start_observers()
+            self._predictions.predict("entry")  # weights, gradients, optimizer state: known now
             engine.start_recording()
         except BaseException as error:  # a Ctrl-C inside gpumem's own enter included
             try:
@@ -166,7 +168,7 @@ class MemoryTracker(EngineView, TrackerHtml):
             engine = self._engine
             engine.exit(exc)
             self._inputs.detach()
-            self._predict()
+            self._predictions.predict("end")
             if isinstance(exc, torch.OutOfMemoryError):
                 self._report_oom(exc)
             engine.history.emit(
@@ -191,7 +193,7 @@ class MemoryTracker(EngineView, TrackerHtml):
     def _start_observers(self) -> None:
         engine = self._engine
         options = engine.options
-        engine.history.observers.append(_FirstStepPredictions(self))
+        engine.history.observers.append(self._predictions)
         if options.stream:
             try:
                 writer = self._stream = SessionWriter.for_run(self, home=options.home)
@@ -209,36 +211,7 @@ class MemoryTracker(EngineView, TrackerHtml):
 
     def update_predictions(self) -> None:
         """Predict each category again from what the run has shown so far (also done at exit)."""
-        self._predict()
-
-    def _predict(self) -> None:
-        """The formulas' figures from what was seen (at the first step end, again at exit)."""
-        state = self._state
-        optimizers = state.optimizers()
-        # No cache seen while the model ran: none was kept, so none is predicted.
-        kv_tokens = state.kv_tokens
-        if kv_tokens is None and state.observed_batch is not None:
-            kv_tokens = 0
-        try:
-            predicted = predict_tracked(
-                state.model,
-                optimizers[0] if optimizers else None,
-                batch=state.observed_batch,
-                seq=state.observed_seq,
-                training=state.saw_backward,
-                autocast_dtype=state.autocast_dtype,
-                rounding=state.rounding,
-                kv_tokens=kv_tokens,
-                ddp_bucket_copy=self._ddp_bucket_copy,
-            )
-        except Exception as error:
-            self._engine.guard.warn_once(
-                "predict", f"predictions failed ({type(error).__name__}: {error})"
-            )
-            return
-        for category in state.predicted:
-            value = predicted.get(category)
-            state.predicted[category] = None if value is None else int(value)
+        self._predictions.predict("update")
 
     def _report_oom(self, exc: BaseException) -> None:
         try:
@@ -366,13 +339,61 @@ class MemoryTracker(EngineView, TrackerHtml):
         return self.table()
 
 
-class _FirstStepPredictions(Observer):
-    """Predicts once the first step ended (the batch is known), so live streams carry them."""
+class _Predictions(Observer):
+    """The tracker's predictions: made at entry, again once the first step ended (the batch and
+    sequence are known) and at exit; each new set goes to the observers (the session stream) as
+    a ``prediction`` event, so ``gpumem top`` shows them live."""
 
     def __init__(self, tracker: MemoryTracker) -> None:
-        self.tracker: MemoryTracker | None = tracker
+        self.tracker = tracker
+        self.sent: dict[str, int | None] | None = None
+        self.stepped = False
 
     def on_step(self, record: StepRecord) -> None:
-        tracker, self.tracker = self.tracker, None
-        if tracker is not None:
-            tracker.update_predictions()
+        if not self.stepped:
+            self.stepped = True
+            self.predict("step")
+            observers = self.tracker._engine.history.observers
+            if self in observers:
+                observers.remove(self)  # nothing more to do per step
+
+    def predict(self, basis: str) -> None:
+        """The formulas' figures from what is known now; ``basis`` is ``"entry"`` (the model and
+        optimizer), ``"step"`` (the first step end), ``"end"`` (exit) or ``"update"``."""
+        tracker = self.tracker
+        state = tracker._state
+        optimizers = state.optimizers()
+        # an optimizer given at entry means training: its gradients will exist
+        training = state.saw_backward or (basis == "entry" and bool(optimizers))
+        # No cache seen while the model ran: none was kept, so none is predicted.
+        kv_tokens = state.kv_tokens
+        if kv_tokens is None and state.observed_batch is not None:
+            kv_tokens = 0
+        try:
+            predicted = predict_tracked(
+                state.model,
+                optimizers[0] if optimizers else None,
+                batch=state.observed_batch,
+                seq=state.observed_seq,
+                training=training,
+                autocast_dtype=state.autocast_dtype,
+                rounding=state.rounding,
+                kv_tokens=kv_tokens,
+                ddp_bucket_copy=tracker._ddp_bucket_copy,
+            )
+        except Exception as error:
+            tracker._engine.guard.warn_once(
+                "predict", f"predictions failed ({type(error).__name__}: {error})"
+            )
+            return
+        for category in state.predicted:
+            value = predicted.get(category)
+            state.predicted[category] = None if value is None else int(value)
+        figures = {str(k): v for k, v in state.predicted.items()}
+        if figures != self.sent:
+            self.sent = figures
+            data = {"basis": basis, "predicted": figures, "batch": state.observed_batch,
+                    "seq": state.observed_seq, "training": training}  # fmt: skip
+            tracker._engine.history.emit(
+                Event(time.time(), state.step, EventKind.PREDICTION, "", data)
+            )

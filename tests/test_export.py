@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -66,6 +67,17 @@ def settled(home: Path, count: int, steps: int, timeout: float = 60) -> list:
 
 
 @pytest.mark.slow
+def check_predicted(samples: Any, view: Any, labels: dict[str, Any]) -> dict[str, Any]:
+    """The predicted series are the newest prediction event's (entry, then the first step)."""
+    assert view.prediction is not None
+    predicted = dict(view.predicted)
+    for category, figure in predicted.items():
+        if figure is not None:
+            found = series(samples, "gpumem_predicted_bytes", category=category, **labels)
+            assert found == figure
+    return predicted
+
+
 def test_scrape_during_a_live_two_rank_job(tmp_path: Path) -> None:
     home, out = tmp_path / "home", tmp_path / "out"
     job: dict = {}
@@ -113,11 +125,7 @@ def test_scrape_during_a_live_two_rank_job(tmp_path: Path) -> None:
                     series(samples, "gpumem_memory_bytes", category=str(category), **labels)
                     == value
                 )
-            predicted = dict(view.meta.predicted)
-            assert (
-                series(samples, "gpumem_predicted_bytes", category="weights", **labels)
-                == (predicted["weights"])
-            )
+            predicted = check_predicted(samples, view, labels)
             # Linear(64, 128) fp32, predicted from the shapes
             assert predicted["weights"] == (64 * 128 + 128) * 4
             assert series(samples, "gpumem_leak_alerts", **labels) == 0

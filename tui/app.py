@@ -7,7 +7,9 @@ redraws from it. A slow source only delays the next frame (one fetch at a time);
 shows its message in place. Tests inject a scripted builder and a frozen clock.
 
 Keys: ``q`` quit, ``p`` pause, ``s`` sort processes, arrows and ``tab`` move, ``enter`` opens the
-session under the cursor (``escape`` goes back), ``?`` help.
+session under the cursor, or a job's per-rank table and from there one rank (``escape`` goes
+back), ``?`` help. Under the sessions table, the highlighted row's categories: measured beside
+predicted.
 """
 
 from __future__ import annotations
@@ -23,22 +25,26 @@ from textual.reactive import reactive
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Static
 
-from tui.snapshot import EMPTY_SNAPSHOT, PROCESS_SORTS, Snapshot
+from tui.snapshot import EMPTY_SNAPSHOT, PROCESS_SORTS, Snapshot, SnapshotBuilder
+from tui.widgets.jobs import job_id_of
 from tui.widgets.panels import (
     AlertsPanel,
     CategoryBarsPanel,
+    CategoryComparePanel,
     DevicesPanel,
     HistoryPanel,
+    JobHeaderPanel,
     ModulesPanel,
     NoGpuBanner,
     ProcessesTable,
+    RanksTable,
     SessionHeaderPanel,
     SessionsTable,
     StatusBar,
 )
 from tui.widgets.table import RowTable
 
-__all__ = ["GpumemTopApp", "HelpScreen", "SessionScreen", "SnapshotFetched"]
+__all__ = ["GpumemTopApp", "HelpScreen", "JobScreen", "SessionScreen", "SnapshotFetched"]
 
 HELP_TEXT = """\
 gpumem top — live GPU memory
@@ -48,11 +54,17 @@ gpumem top — live GPU memory
   s          sort processes (memory, pid, user, command)
   ↑ ↓        move in a table
   tab        next panel (shift+tab: previous)
-  enter      open the session under the cursor
-  escape     back from a session or this help
+  enter      open the session or job under the cursor
+             (a job: its ranks; enter again: one rank)
+  escape     back from a session, a job or this help
   ?          this help
 
 Sessions: live ones first; ended ones stay dimmed for 10 minutes.
+A job (the ranks of one distributed run) is one row: ranks seen
+of the world size, peak (max, min / mean), imbalance, the rank
+nearest its capacity, the slowest rank's step. Under the table: the
+highlighted row's bytes per category, measured beside predicted
+(for a job, its rank with the highest peak).
 OOM risk: time until the device is full at the growth of the recent step ends.
 """
 
@@ -87,17 +99,44 @@ class HelpScreen(ModalScreen[None]):
         return self.dismiss(None)
 
 
-class SessionScreen(Screen[None]):
-    """One session: stacked bars by category, history, top modules, alerts."""
+class _DetailScreen(Screen[None]):
+    """A screen opened from a table (escape goes back), drawn from the latest snapshot."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,backspace", "app.pop_screen", "back"),
     ]
+    #: border titles by widget id
+    TITLES: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        super().__init__()
+        self._first = snapshot
+
+    def on_mount(self) -> None:
+        for widget_id, title in self.TITLES.items():
+            self.query_one(f"#{widget_id}").border_title = title
+        app = self.app
+        if isinstance(app, GpumemTopApp):
+            status = self.query_one(StatusBar)
+            status.paused = app.paused
+            status.sort = app.sort
+        for widget in self.query(".snapshot-view"):
+            widget.snapshot = self._first  # type: ignore[attr-defined]
+
+
+class SessionScreen(_DetailScreen):
+    """One session: stacked bars by category, history, top modules, alerts."""
+
+    TITLES: ClassVar[dict[str, str]] = {
+        "categories": "memory by category: measured vs predicted",
+        "history": "history",
+        "modules": "top modules by activations",
+        "alerts": "alerts and fixes",
+    }
 
     def __init__(self, session_id: str, snapshot: Snapshot) -> None:
-        super().__init__()
+        super().__init__(snapshot)
         self.session_id = session_id
-        self._first = snapshot
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status", classes="snapshot-view")
@@ -110,18 +149,26 @@ class SessionScreen(Screen[None]):
                 yield AlertsPanel(self.session_id, id="alerts")
         yield Footer()
 
+
+class JobScreen(_DetailScreen):
+    """One job: its header, the per-rank table and the highlighted rank's categories."""
+
+    TITLES: ClassVar[dict[str, str]] = {"ranks": "ranks (enter: open)"}
+
+    def __init__(self, job_id: str, snapshot: Snapshot) -> None:
+        super().__init__(snapshot)
+        self.job_id = job_id
+
+    def compose(self) -> ComposeResult:
+        yield StatusBar(id="status", classes="snapshot-view")
+        yield JobHeaderPanel(self.job_id, id="job-header")
+        yield RanksTable(self.job_id, id="ranks")
+        yield CategoryComparePanel(id="compare")
+        yield Footer()
+
     def on_mount(self) -> None:
-        self.query_one("#categories").border_title = "memory by category: measured vs predicted"
-        self.query_one("#history").border_title = "history"
-        self.query_one("#modules").border_title = "top modules by activations"
-        self.query_one("#alerts").border_title = "alerts and fixes"
-        app = self.app
-        if isinstance(app, GpumemTopApp):
-            status = self.query_one(StatusBar)
-            status.paused = app.paused
-            status.sort = app.sort
-        for widget in self.query(".snapshot-view"):
-            widget.snapshot = self._first  # type: ignore[attr-defined]
+        super().on_mount()
+        self.query_one(RanksTable).focus()
 
 
 class GpumemTopApp(App[None]):
@@ -161,12 +208,13 @@ class GpumemTopApp(App[None]):
         yield DevicesPanel(id="devices", classes="snapshot-view")
         with Vertical(id="tables"):
             yield SessionsTable(id="sessions", classes="snapshot-view")
+            yield CategoryComparePanel(id="compare")
             yield ProcessesTable(id="processes", classes="snapshot-view")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#devices").border_title = "devices"
-        self.query_one("#sessions").border_title = "sessions (enter: open)"
+        self.query_one("#sessions").border_title = "sessions and jobs (enter: open)"
         self.query_one("#processes").border_title = "processes"
         self.query_one("#banner").display = False
         self.query_one(SessionsTable).focus()
@@ -180,6 +228,10 @@ class GpumemTopApp(App[None]):
         if self.paused or self._fetching:
             return
         self._fetching = True
+        if isinstance(self.builder, SnapshotBuilder):  # read what the open screens show in full
+            jobs = {s.job_id for s in self.screen_stack if isinstance(s, JobScreen)}
+            sessions = {s.session_id for s in self.screen_stack if isinstance(s, SessionScreen)}
+            self.builder.focus = (frozenset(jobs), frozenset(sessions))
         self._fetch_worker()
 
     @work(thread=True, group="snapshot", exit_on_error=False)
@@ -234,9 +286,24 @@ class GpumemTopApp(App[None]):
             self.push_screen(HelpScreen())
 
     def on_row_table_row_chosen(self, event: RowTable.RowChosen) -> None:
-        if isinstance(event.table, SessionsTable):
-            self.open_session(event.identity)
+        if isinstance(event.table, SessionsTable | RanksTable):
+            job_id = job_id_of(event.identity)
+            if job_id is not None:
+                self.open_job(job_id)
+            else:
+                self.open_session(event.identity)
+
+    def on_row_table_row_highlighted(self, event: RowTable.RowHighlighted) -> None:
+        if isinstance(event.table, SessionsTable | RanksTable):
+            for panel in event.table.screen.query(CategoryComparePanel):
+                panel.select(event.identity)
 
     def open_session(self, session_id: str) -> None:
         """Show the detail screen of one session."""
         self.push_screen(SessionScreen(session_id, self.snapshot))
+        self.fetch()  # its samples now, when it is a rank read from its step ends
+
+    def open_job(self, job_id: str) -> None:
+        """Show the per-rank table of one job."""
+        self.push_screen(JobScreen(job_id, self.snapshot))
+        self.fetch()

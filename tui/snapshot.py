@@ -13,6 +13,7 @@ Textual widgets and by ``gpumem top --once``. No Textual import here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 
 from profiler.backends.base import DeviceInfo, DeviceSource, ProcessInfo
 from profiler.records import CATEGORIES
+from profiler.session.jobs import JobView, group_jobs
 from profiler.session.reader import SessionView
 from profiler.text import printable
 from profiler.units import format_bytes
@@ -60,12 +62,31 @@ class Snapshot:
     process_error: str | None = None
     sessions: tuple[SessionView, ...] = ()
     session_error: str | None = None
+    #: the sessions with each job's folded into one :class:`JobView`, in listing order
+    #: (:func:`~profiler.session.jobs.group_jobs`; computed once, on the worker thread)
+    groups: tuple[JobView | SessionView, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.sessions and not self.groups:
+            capacity = functools.partial(_capacity_on, self.devices)
+            object.__setattr__(self, "groups", tuple(group_jobs(self.sessions, capacity)))
 
     def session(self, session_id: str | None) -> SessionView | None:
         """The session with directory name ``session_id``, if listed."""
         for view in self.sessions:
             if view.id == session_id:
                 return view
+        return None
+
+    def jobs(self) -> list[JobView]:
+        """The distributed jobs among the sessions (sessions sharing a job id)."""
+        return [item for item in self.groups if isinstance(item, JobView)]
+
+    def job(self, job_id: str | None) -> JobView | None:
+        """The job ``job_id``, if any of its sessions is listed."""
+        for item in self.groups:
+            if isinstance(item, JobView) and item.job_id == job_id:
+                return item
         return None
 
     def device(self, index: int | None) -> DeviceInfo | None:
@@ -106,6 +127,8 @@ class SnapshotBuilder:
         self.clock = clock
         self.source_error = source_error
         self._factory = source_factory
+        #: (job ids, session ids) the screens show in detail, passed to a reader with ``focus``
+        self.focus: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
 
     def build(self) -> Snapshot:
         """One snapshot; every failure is caught and described in the snapshot."""
@@ -133,6 +156,9 @@ class SnapshotBuilder:
         sessions: tuple[SessionView, ...] = ()
         if self.sessions is not None:
             try:
+                focus = getattr(self.sessions, "focus", None)
+                if callable(focus):
+                    focus(*self.focus)
                 sessions = tuple(self.sessions.poll())
             except Exception as exc:
                 session_error = f"sessions unavailable: {_describe(exc)}"
@@ -159,6 +185,7 @@ def _clean_device(info: DeviceInfo) -> DeviceInfo:
     return dataclasses.replace(info, name=name, uuid=uuid)
 
 
+@functools.lru_cache(maxsize=4096)  # a process seldom changes between two refreshes
 def _clean_process(info: ProcessInfo) -> ProcessInfo:
     name, user, command = _clean(info.name, 200), _clean(info.user, 64), _clean(info.command, 2000)
     if name == info.name and user == info.user and command == info.command:
@@ -181,6 +208,10 @@ def sort_processes(processes: Sequence[ProcessInfo], key: str) -> list[ProcessIn
     if key == "command":
         return sorted(processes, key=lambda p: ((p.command or p.name or "~"), p.pid))
     return sorted(processes, key=lambda p: (-(p.gpu_memory or 0), p.pid))
+
+
+def _capacity_on(devices: Sequence[DeviceInfo], session: SessionView) -> int | None:
+    return session_capacity(session, devices)
 
 
 def session_capacity(session: SessionView, devices: Sequence[DeviceInfo]) -> int | None:
@@ -357,7 +388,7 @@ def category_rows(session: SessionView) -> list[tuple[str, int, int | None, int 
     "At peak" is what each category held at the moment the last finished step peaked: the figure
     that predictions (of peak memory) are comparable with. ``None`` before the first step end.
     """
-    predicted = dict(session.meta.predicted)
+    predicted = dict(session.predicted)
     size = len(CATEGORIES)
     now = session.bytes or (0,) * size
     at_peak = session.steps[-1].peak_bytes if session.steps else None

@@ -71,7 +71,8 @@ def make_builder(args: argparse.Namespace) -> Any:
             raise UsageError(f"--home {shown!r} cannot be used: {exc}") from None
         if not_a_directory:
             raise UsageError(f"--home {shown!r} is not a directory")
-    reader = SessionReader(args.home)
+    # the dashboard shows a job as one row: its ranks' samples are read once it is opened
+    reader = SessionReader(args.home, ranks_by_step=not args.once)
     if args.demo:
         from profiler.backends.fake import demo_source
 

@@ -8,7 +8,9 @@ does not say). The metrics:
 
 - ``gpumem_memory_bytes{category=...}``: bytes per category at the latest sample;
 - ``gpumem_total_bytes``: their sum; ``gpumem_peak_bytes``: the session's highest total;
-- ``gpumem_predicted_bytes{category=...}``: the formulas' figure (categories with one);
+- ``gpumem_predicted_bytes{category=...}``: the formulas' figure (categories with one), from
+  the newest ``prediction`` event (made at entry, refined at the first step end and at exit),
+  else from ``meta.json``;
 - ``gpumem_step``: the step the session is at (the stream's step number); ``gpumem_live``: 1 while the process runs, 0 once ended;
 - ``gpumem_capacity_bytes``: the device's capacity where the stream knows it;
 - ``gpumem_leak_alerts``: the leak alerts the session raised (counted from its events).
@@ -90,7 +92,7 @@ class SessionCollector(Collector):
             if view.bytes is not None:
                 for name, value in zip(_NAMES, view.bytes, strict=False):
                     memory.add_metric([*labels, name], value)
-            for name, figure in view.meta.predicted:
+            for name, figure in view.predicted:
                 if figure is not None:
                     predicted.add_metric([*labels, name], figure)
             if view.current is not None:

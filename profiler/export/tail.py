@@ -4,8 +4,8 @@ A Prometheus scrape needs each session's latest figures, not its history: where
 :class:`~profiler.session.reader.SessionReader` parses every line appended since the last poll
 (what ``gpumem top`` draws), :class:`StreamTail` parses one line of what was appended to
 ``samples.jsonl`` (the totals for the peak come from a regex over the bytes) and only the step
-ends and leak alerts among the lines appended to ``events.jsonl`` (found by a substring test
-before any JSON is parsed). The figures follow the reader's rules: the latest
+ends, leak alerts and predictions among the lines appended to ``events.jsonl`` (found by a
+substring test before any JSON is parsed). The figures follow the reader's rules: the latest
 sample, or the last step end when that is newer; the peak is the highest total or session peak
 seen; a session is live while its process runs (this host) or writes (another host), and ended
 once ``summary.json`` exists.
@@ -13,7 +13,6 @@ once ``summary.json`` exists.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -25,6 +24,7 @@ from typing import Any
 
 from profiler.records import CATEGORIES
 from profiler.session import files
+from profiler.session.fields import Predicted, predicted_pairs
 from profiler.session.layout import EVENTS, META, SAMPLES, SUMMARY, host_matches, sessions_dir
 from profiler.session.reader import SessionMeta
 
@@ -47,6 +47,13 @@ class SessionState:
     peak: int | None = None
     leaks: int = 0
     time: float = 0.0  # of the figures in ``current``/``bytes``
+    #: the newest ``prediction`` event's figures (``None``: none yet; the meta's then apply)
+    prediction: Predicted | None = None
+
+    @property
+    def predicted(self) -> Predicted:
+        """The newest predictions: the last ``prediction`` event's, else ``meta.json``'s."""
+        return self.meta.predicted if self.prediction is None else self.prediction
 
 
 def _bytes(value: Any) -> tuple[int, ...] | None:
@@ -147,9 +154,8 @@ class _Session:
         if totals:
             self._peak(max(int(t) for t in totals))
         for line in reversed(data.split(b"\n")[:-1]):
-            try:
-                record = json.loads(line)
-            except ValueError:
+            record = files.parse_line(line)
+            if record is None:
                 continue
             self._step(record.get("step"))
             if record.get("peak") is True:
@@ -160,6 +166,16 @@ class _Session:
                 self.state.current = total
                 self.state.bytes = _bytes(record.get("bytes"))
             break
+
+    def _other_event(self, record: dict[str, Any]) -> None:
+        """A leak alert (counted) or a prediction (the newest kept)."""
+        kind, data = record.get("kind"), record.get("data")
+        if kind == "leak":
+            self.state.leaks += 1
+        elif kind == "prediction" and isinstance(data, dict):
+            figures = data.get("predicted")
+            if isinstance(figures, dict):
+                self.state.prediction = predicted_pairs(figures)
 
     def _events(self) -> None:
         path = self.directory / EVENTS
@@ -179,19 +195,13 @@ class _Session:
         for line in data[:end].split(b"\n"):
             if b'"step_end"' in line:
                 step_end = line
-            elif b'"leak"' in line:
-                try:
-                    if json.loads(line).get("kind") == "leak":
-                        self.state.leaks += 1
-                except ValueError:
-                    continue
-        if step_end is None:
+            elif b'"leak"' in line or b'"prediction"' in line:
+                self._other_event(files.parse_line(line) or {})
+        record = None if step_end is None else files.parse_line(step_end)
+        if record is None:
             return
-        try:
-            record = json.loads(step_end)
-        except ValueError:
-            return
-        data_ = record.get("data") if isinstance(record.get("data"), dict) else {}
+        found = record.get("data")
+        data_: dict[str, Any] = found if isinstance(found, dict) else {}
         self._step(record.get("step"))
         self._peak(data_.get("peak"))
         self._peak(data_.get("session_peak"))

@@ -9,7 +9,8 @@ Plain files only: no torch, no pandas.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import operator
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from profiler.text import printable
 
 __all__ = [
     "HistoryPoint",
+    "Predicted",
+    "Prediction",
     "SessionEvent",
     "SessionMeta",
     "SessionView",
@@ -28,6 +31,7 @@ __all__ = [
     "clean",
     "float_or_none",
     "int_or_none",
+    "predicted_pairs",
     "str_or_none",
 ]
 
@@ -80,15 +84,30 @@ def bytes_tuple(value: Any) -> tuple[int, ...]:
     """Per-category bytes from ``{"weights": n, ...}`` in :data:`CATEGORIES` order (missing: 0)."""
     if not isinstance(value, Mapping):
         return _ZEROS
-    get = value.get
-    values = tuple([get(name, 0) for name in _CATEGORY_NAMES])
-    for item in values:
-        if type(item) is not int or not -_LIMIT <= item <= _LIMIT:  # rare: clean one by one
-            return tuple(int_or_none(v) or 0 for v in values)
-    return values
+    try:
+        values = _GET_ALL(value)  # the writer writes every category
+    except KeyError:
+        get = value.get
+        values = tuple([get(name, 0) for name in _CATEGORY_NAMES])
+    if set(map(type, values)) == _INTS and min(values) >= -_LIMIT and max(values) <= _LIMIT:
+        return values
+    return tuple(int_or_none(v) or 0 for v in values)  # rare: clean one by one
 
 
 _ZEROS = (0,) * len(_CATEGORY_NAMES)
+_GET_ALL = operator.itemgetter(*_CATEGORY_NAMES)
+_INTS = {int}
+
+#: Predicted bytes per category, in :data:`CATEGORIES` order (``None``: no prediction).
+Predicted = tuple[tuple[str, int | None], ...]
+
+
+def predicted_pairs(value: Any) -> Predicted:
+    """``{"weights": n, ...}`` as (category, bytes or ``None``) pairs, for the known categories
+    present (in :data:`CATEGORIES` order); ``()`` for anything but an object."""
+    if not isinstance(value, Mapping):
+        return ()
+    return tuple((name, int_or_none(value.get(name))) for name in _CATEGORY_NAMES if name in value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +129,7 @@ class SessionMeta:
     command: str | None = None
     mode: str | None = None
     capacity: int | None = None
-    predicted: tuple[tuple[str, int | None], ...] = ()
+    predicted: Predicted = ()
     schema: int | None = None
     boot_id: str | None = None  # the kernel boot and pid namespace it ran in (liveness)
     pid_ns: str | None = None
@@ -121,14 +140,7 @@ class SessionMeta:
     def from_dict(cls, directory: Path, data: Mapping[str, Any]) -> SessionMeta:
         """Read the known fields of ``data``; anything missing or mistyped becomes ``None``."""
         fallback = cls.from_directory(directory)
-        predicted = data.get("predicted")
-        pairs: tuple[tuple[str, int | None], ...] = ()
-        if isinstance(predicted, Mapping):
-            pairs = tuple(
-                (name, int_or_none(predicted.get(name)))
-                for name in _CATEGORY_NAMES
-                if name in predicted
-            )
+        pairs = predicted_pairs(data.get("predicted"))
         return cls(
             id=directory.name,
             directory=str(directory),
@@ -213,6 +225,38 @@ class SessionEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Prediction:
+    """A ``prediction`` event: what the run predicts per category, and from what.
+
+    ``basis`` says what was known: ``entry`` (the model and optimizer: weights, gradients,
+    optimizer state), ``step`` (the first step end: the batch and sequence seen, so activations
+    too), ``end`` (the run's end, from all it showed) or ``update`` (asked for by the program).
+    """
+
+    time: float
+    step: int
+    basis: str
+    figures: Predicted
+    batch: int | None = None
+    seq: int | None = None
+
+    @classmethod
+    def from_event(cls, t: float, step: int, data: Mapping[str, Any]) -> Prediction | None:
+        """The prediction an event's data holds; ``None`` without a ``predicted`` object."""
+        figures = data.get("predicted")
+        if not isinstance(figures, Mapping):
+            return None
+        return cls(
+            t,
+            step,
+            str_or_none(data.get("basis"), 32) or "update",
+            predicted_pairs(figures),
+            int_or_none(data.get("batch")),
+            int_or_none(data.get("seq")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class SessionView:
     """A session at the moment of a poll: who, where it stands, its recent history."""
 
@@ -229,15 +273,29 @@ class SessionView:
     peak: int | None
     allocator: Mapping[str, Any] | None
     nvml: Mapping[str, Any] | None
-    history: tuple[HistoryPoint, ...]
+    #: the written samples, oldest first (parsed when first read: :mod:`.history`)
+    history: Sequence[HistoryPoint]
     steps: tuple[StepPoint, ...]
     events: tuple[SessionEvent, ...]
     modules: tuple[tuple[str, int], ...]
     summary: Mapping[str, Any] | None
     error: str | None
-    skipped: int
+    #: lines and files passed over while polling (events, meta, summary, overlong lines)
+    read_skipped: int = 0
+    #: the newest ``prediction`` event, if the stream has one (older streams: only the meta's)
+    prediction: Prediction | None = None
 
     @property
     def id(self) -> str:
         """The session directory's name: unique and sorted by start time."""
         return self.meta.id
+
+    @property
+    def predicted(self) -> Predicted:
+        """The newest predictions: the last ``prediction`` event's, else ``meta.json``'s."""
+        return self.prediction.figures if self.prediction is not None else self.meta.predicted
+
+    @property
+    def skipped(self) -> int:
+        """Every line or file passed over: :attr:`read_skipped` and the history's bad lines."""
+        return self.read_skipped + getattr(self.history, "skipped", 0)

@@ -17,8 +17,12 @@ through :class:`~profiler.run.RunView`. It writes, into a directory that
   num_alloc_retries, num_ooms, or null) and ``nvml`` (process_used, device_used, device_total,
   device_index, or null);
 - ``events.jsonl``: ``v``, ``t``, ``step``, ``kind`` (step_end, leak, leak_hunt, oom,
-  suggestion, warning, start, end), ``message``, ``data``; a step end's data holds
-  ``duration``, ``bytes``, ``total``, ``peak``, ``peak_bytes`` and ``session_peak``;
+  suggestion, warning, prediction, start, end), ``message``, ``data``; a step end's data holds
+  ``duration``, ``bytes``, ``total``, ``peak``, ``peak_bytes`` and ``session_peak``; a
+  prediction's (written at entry, at the first step end and at exit, whenever the figures
+  change) ``basis`` (entry, step, end or update), ``predicted`` (category → bytes or null),
+  ``batch``, ``seq`` and ``training``: the newest one supersedes ``meta.json``'s
+  ``predicted`` (which streams written before this event existed carry alone);
 - ``modules.json`` (atomic, every few seconds): ``v``, ``t``, ``activations`` (the top modules
   as ``[[name, bytes], ...]``, :func:`profiler.views.top_modules`);
 - ``summary.json`` (atomic, at the end): ``v``, ``end_time``, ``status`` (ok or error),

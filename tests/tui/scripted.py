@@ -94,44 +94,27 @@ def category_bytes(**values: int) -> tuple[int, ...]:
     return tuple(values.get(str(c), 0) for c in CATEGORIES)
 
 
-def make_session(
-    name: str = "train",
-    pid: int = 4242,
-    *,
-    live: bool = True,
-    steps: int = 20,
-    growth: int = 0,
-    events: Sequence[SessionEvent] = (),
-    capacity: int | None = None,
-    device: str = "cuda:0",
-    rank: int | None = None,
-    step_seconds: float = 1.0,
-) -> SessionView:
-    """A session with ``steps`` step ends, activations growing ``growth`` bytes a step."""
-    start = FIXED_TIME - steps * step_seconds - 5
-    base = dict(weights=2 * GIB, gradients=2 * GIB, optimizer=4 * GIB, temporaries=256 * MIB)
-    history = []
-    step_points = []
-    for i in range(steps):
-        acts = 6 * GIB + growth * i
-        forward = category_bytes(**base, activations=acts)
-        history.append(HistoryPoint(start + i * step_seconds, i, sum(forward), forward))
-        idle = category_bytes(**base, activations=growth * i)
-        history.append(HistoryPoint(start + i * step_seconds + 0.5, i, sum(idle), idle))
-        step_points.append(
-            StepPoint(i, start + (i + 1) * step_seconds, step_seconds, sum(idle), sum(forward),
-                      idle, None, forward)
-        )  # fmt: skip
-    last = step_points[-1] if step_points else None
-    meta = SessionMeta(
-        id=f"20270115T075900.000000-node-{pid}-{name}",
+def scripted_meta(
+    name: str,
+    pid: int,
+    start: float,
+    device: str,
+    rank: int | None,
+    job_id: str | None,
+    world_size: int,
+    capacity: int | None,
+) -> SessionMeta:
+    """The metadata of a scripted session (a GPT-2 in fast mode, predictions in the meta)."""
+    return SessionMeta(
+        id=f"20270115T075900.000000-node-{pid}-{name}" + ("" if job_id is None else f"-r{rank}"),
         directory=f"/scripted/{name}",
         name=name,
         pid=pid,
         host="node",
         start_time=start,
         rank=rank,
-        world_size=None if rank is None else 2,
+        world_size=None if rank is None else world_size,
+        job_id=job_id,
         device=device,
         device_index=int(device.split(":")[1]) if ":" in device else None,
         model_class="GPT2LMHeadModel",
@@ -146,6 +129,43 @@ def make_session(
         ),
         schema=1,
     )
+
+
+def make_session(
+    name: str = "train",
+    pid: int = 4242,
+    *,
+    live: bool = True,
+    steps: int = 20,
+    growth: int = 0,
+    events: Sequence[SessionEvent] = (),
+    capacity: int | None = None,
+    device: str = "cuda:0",
+    rank: int | None = None,
+    step_seconds: float = 1.0,
+    job_id: str | None = None,
+    world_size: int = 2,
+    scale: int = 1,
+) -> SessionView:
+    """A session with ``steps`` step ends, activations growing ``growth`` bytes a step."""
+    start = FIXED_TIME - steps * step_seconds - 5
+    base = dict(
+        weights=2 * GIB, gradients=2 * GIB, optimizer=4 * GIB, temporaries=256 * MIB * scale
+    )
+    history = []
+    step_points = []
+    for i in range(steps):
+        acts = 6 * GIB * scale + growth * i
+        forward = category_bytes(**base, activations=acts)
+        history.append(HistoryPoint(start + i * step_seconds, i, sum(forward), forward))
+        idle = category_bytes(**base, activations=growth * i)
+        history.append(HistoryPoint(start + i * step_seconds + 0.5, i, sum(idle), idle))
+        step_points.append(
+            StepPoint(i, start + (i + 1) * step_seconds, step_seconds, sum(idle), sum(forward),
+                      idle, None, forward)
+        )  # fmt: skip
+    last = step_points[-1] if step_points else None
+    meta = scripted_meta(name, pid, start, device, rank, job_id, world_size, capacity)
     return SessionView(
         meta=meta,
         live=live,
@@ -171,7 +191,7 @@ def make_session(
         ),
         summary=None if live else {"steps": steps},
         error=None,
-        skipped=0,
+        read_skipped=0,
     )
 
 
@@ -196,6 +216,18 @@ SUGGESTION = SessionEvent(
     {"kind": "checkpointing", "title": "activation checkpointing", "saves_bytes": 4 * GIB,
      "fits": True},
 )  # fmt: skip
+
+
+def job_sessions(job_id: str = "j7", ranks: int = 3, world_size: int = 4) -> list[SessionView]:
+    """``ranks`` ranks of a job on GPUs 0.. (rank r's activations and temporaries x (r + 1),
+    rank 1 two steps behind): peaks 14.25, 20.50 and 26.75 GiB for three ranks."""
+    return [
+        make_session(
+            "ddp-train", 5000 + r, device=f"cuda:{r}", rank=r, job_id=job_id,
+            world_size=world_size, scale=r + 1, steps=18 if r == 1 else 20,
+        )
+        for r in range(ranks)
+    ]  # fmt: skip
 
 
 def scripted_builder(

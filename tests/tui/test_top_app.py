@@ -56,7 +56,12 @@ async def test_first_snapshot_fills_every_panel() -> None:
         sessions = app.query_one(SessionsTable)
         assert column(sessions, 0) == ["train", "eval", "old-run"]
         assert column(sessions, 2) == ["-", "1/2", "-"]
-        assert column(sessions, 7) == ["live", "live", "ok"]
+        assert column(sessions, 10) == ["live", "live", "ok"]
+        # peak as a share of the session's GPU (80 GiB each)
+        peaks = [s.peak for s in app.snapshot.sessions]
+        assert (
+            column(sessions, 9) == [f"{p / (80 * GIB):.0%}" for p in peaks] == ["19%"] + ["18%"] * 2
+        )
         assert [style for _, _, style in sessions.rows] == ["", "", "dim"]  # ended: dimmed
         assert column(app.query_one(ProcessesTable), 0) == ["1014", "1007", "1021", "1000"]
         assert not app.query_one(NoGpuBanner).display

@@ -6,7 +6,7 @@ SVGs under ``__snapshots__`` before committing them.
 
 from __future__ import annotations
 
-from scripted import scripted_builder
+from scripted import LEAK, MIB, job_sessions, make_session, scripted_builder
 from textual.pilot import Pilot
 
 from tui.app import GpumemTopApp
@@ -46,3 +46,26 @@ def test_session_screen(snap_compare: object) -> None:
 
 def test_help_screen(snap_compare: object) -> None:
     assert snap_compare(app(), terminal_size=SIZE, press=["question_mark"], run_before=settle)  # type: ignore[operator]
+
+
+def job_app() -> GpumemTopApp:
+    sessions = [make_session("train", 4242, growth=64 * MIB, events=(LEAK,)), *job_sessions()]
+    return GpumemTopApp(scripted_builder(gpu_count=3, sessions=sessions), interval=3600)
+
+
+def test_main_screen_with_a_job(snap_compare: object) -> None:
+    async def highlight_the_job(pilot: Pilot[None]) -> None:
+        await settle(pilot)
+        await pilot.press("down")
+        await pilot.pause()
+
+    assert snap_compare(job_app(), terminal_size=SIZE, run_before=highlight_the_job)  # type: ignore[operator]
+
+
+def test_job_screen(snap_compare: object) -> None:
+    async def open_the_job(pilot: Pilot[None]) -> None:
+        await settle(pilot)
+        await pilot.press("down", "enter")
+        await pilot.pause()
+
+    assert snap_compare(job_app(), terminal_size=SIZE, run_before=open_the_job)  # type: ignore[operator]

@@ -7,6 +7,7 @@ pure function of the snapshot (:mod:`tui.widgets.render`), so no widget ever tou
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
@@ -15,8 +16,19 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Static
 
+from profiler.backends.base import ProcessInfo
 from profiler.session.reader import SessionView
 from tui.snapshot import EMPTY_SNAPSHOT, PROCESS_SORTS, Snapshot, sort_processes
+from tui.widgets.compare import compare_title, render_category_compare
+from tui.widgets.jobs import (
+    RANK_COLUMNS,
+    ROW_COLUMNS,
+    group_rows,
+    highest_rank,
+    job_header,
+    job_id_of,
+    rank_row,
+)
 from tui.widgets.render import (
     process_row,
     render_alerts,
@@ -25,18 +37,20 @@ from tui.widgets.render import (
     render_history,
     render_modules,
     session_header,
-    session_row,
 )
 from tui.widgets.table import Row, RowTable
 
 __all__ = [
     "AlertsPanel",
     "CategoryBarsPanel",
+    "CategoryComparePanel",
     "DevicesPanel",
     "HistoryPanel",
+    "JobHeaderPanel",
     "ModulesPanel",
     "NoGpuBanner",
     "ProcessesTable",
+    "RanksTable",
     "SessionHeaderPanel",
     "SessionsTable",
     "StatusBar",
@@ -129,6 +143,13 @@ class DevicesPanel(_CalmStatic):
         )
 
 
+@functools.lru_cache(maxsize=4096)
+def _process_row(process: ProcessInfo) -> Row:
+    """A process's row, made once per state of it (most processes do not change per refresh)."""
+    pid, user, gpu, memory, command = process_row(process)
+    return (f"{process.pid}:{process.device_index}", (pid, user, gpu, memory, command[:80]), "")
+
+
 class ProcessesTable(RowTable):
     """Processes holding GPU memory: pid, user, GPU, memory, command; ``s`` changes the order."""
 
@@ -153,32 +174,109 @@ class ProcessesTable(RowTable):
         subtitle = None if snapshot.process_error is None else Text(snapshot.process_error)
         if self.border_subtitle != subtitle:
             self.border_subtitle = subtitle  # plain text, never markup
-        rows: list[Row] = []
-        for process in sort_processes(snapshot.processes, self.sort):
-            pid, user, gpu, memory, command = process_row(process)
-            identity = f"{process.pid}:{process.device_index}"
-            rows.append((identity, (pid, user, gpu, memory, command[:80]), ""))
+        rows: list[Row] = [_process_row(p) for p in sort_processes(snapshot.processes, self.sort)]
         self.sync_rows(rows)
 
 
 class SessionsTable(RowTable):
-    """Tracked sessions: live ones, then recently ended ones dimmed; enter opens one."""
+    """Tracked sessions and jobs (a job's ranks in one row): live ones, then recently ended ones
+    dimmed; enter opens a session, or a job's per-rank table."""
 
-    COLUMNS = tuple(
-        (name, "right" if name in ("STEP", "CURRENT", "PEAK") else "left")
-        for name in ("NAME", "PID", "RANK", "DEVICE", "STEP", "CURRENT", "PEAK", "STATUS")
-    )
+    COLUMNS = ROW_COLUMNS
     snapshot: reactive[Snapshot] = reactive(EMPTY_SNAPSHOT, always_update=True, repaint=False)
 
     def watch_snapshot(self, snapshot: Snapshot) -> None:
         subtitle = None if snapshot.session_error is None else Text(snapshot.session_error)
         if self.border_subtitle != subtitle:
             self.border_subtitle = subtitle  # plain text, never markup
-        self.sync_rows([(s.id, session_row(s), "" if s.live else "dim") for s in snapshot.sessions])
+        self.sync_rows(group_rows(snapshot))
 
     def selected_session(self) -> str | None:
-        """The id of the session under the cursor."""
+        """The identity of the row under the cursor: a session id, or a job's row identity."""
         return self.selected_identity()
+
+
+class RanksTable(RowTable):
+    """One job's ranks, by rank; enter opens one."""
+
+    COLUMNS = RANK_COLUMNS
+    snapshot: reactive[Snapshot] = reactive(EMPTY_SNAPSHOT, always_update=True, repaint=False)
+
+    def __init__(self, job_id: str, *, id: str | None = None) -> None:
+        super().__init__(id=id, classes="snapshot-view")
+        self.job_id = job_id  # the job shown
+
+    def watch_snapshot(self, snapshot: Snapshot) -> None:
+        job = snapshot.job(self.job_id)
+        sessions = () if job is None else job.sessions
+        self.sync_rows(
+            [(s.id, rank_row(s, snapshot.devices), "" if s.live else "dim") for s in sessions]
+        )
+
+
+class JobHeaderPanel(_CalmStatic):
+    """Who the job is: its ranks, the peaks across them, the outliers."""
+
+    snapshot: reactive[Snapshot] = reactive(EMPTY_SNAPSHOT, always_update=True, repaint=False)
+
+    def __init__(self, job_id: str, *, id: str | None = None) -> None:
+        super().__init__(id=id, classes="snapshot-view")
+        self.job_id = job_id
+
+    def watch_snapshot(self, snapshot: Snapshot) -> None:
+        self._redraw()
+
+    def _redraw(self) -> None:
+        job = self.snapshot.job(self.job_id)
+        if job is None:
+            self.show(None, lambda: Text("this job is no longer listed", style="dim"), 1)
+            return
+        text = job_header(job)
+        self.show(text, lambda: Text(text, style="bold" if job.live else "dim"), -1)
+
+
+class CategoryComparePanel(_CalmStatic):
+    """The highlighted session's (or job's: its rank with the highest peak) bytes per category,
+    measured beside predicted; :attr:`selection` is the row identity it follows."""
+
+    snapshot: reactive[Snapshot] = reactive(EMPTY_SNAPSHOT, always_update=True, repaint=False)
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id, classes="snapshot-view")
+        self.selection: str | None = None
+
+    def select(self, identity: str | None) -> None:
+        """Follow the row ``identity`` (a session id or a job's row identity)."""
+        self.selection = identity
+        self._redraw()
+
+    def watch_snapshot(self, _: Snapshot) -> None:
+        self._redraw()
+
+    def on_resize(self) -> None:
+        self._redraw()
+
+    def _redraw(self) -> None:
+        snapshot = self.snapshot
+        job_id = job_id_of(self.selection)
+        job = snapshot.job(job_id) if job_id is not None else None
+        session = highest_rank(job) if job is not None else snapshot.session(self.selection)
+        if session is None:
+            self.border_title = "categories: measured vs predicted"
+            self.show(None, lambda: Text("no session selected", style="dim"), -1)
+            return
+        who = session.meta.name
+        if session.meta.rank is not None:
+            who = f"{who} rank {session.meta.rank}"
+        if job is not None:
+            who = f"job {job.job_id}, rank {session.meta.rank} (highest peak)"
+        title = Text(f"{who}: {compare_title(session)}")
+        if self.border_title != title:
+            self.border_title = title  # plain text, never markup
+        width = self.content_size.width or 100
+        last = session.steps[-1] if session.steps else None
+        key = (session.id, session.bytes, last, session.predicted, session.prediction, width)
+        self.show(key, lambda: render_category_compare(session, width), -1)
 
 
 class _SessionPanel(_CalmStatic):

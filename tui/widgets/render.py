@@ -16,7 +16,7 @@ from rich.text import Text
 
 from profiler.backends.base import DeviceInfo, ProcessInfo
 from profiler.records import CATEGORIES
-from profiler.session.jobs import JobView, group_jobs, job_dict
+from profiler.session.jobs import JobView, job_dict
 from profiler.session.reader import SessionView
 from profiler.units import format_bytes
 from tui.snapshot import (
@@ -41,6 +41,7 @@ __all__ = [
     "session_row",
     "snapshot_to_dict",
     "sparkline",
+    "stacked_bar",
 ]
 
 #: One colour per category, used by the stacked bars, the legend and the history chart.
@@ -131,6 +132,18 @@ def session_row(session: SessionView) -> tuple[str, ...]:
     )
 
 
+def stacked_bar(label: str, values: Sequence[tuple[str, int]], scale: int, inner: int) -> Text:
+    """``label`` and a bar ``inner`` cells wide, one colour per (category, bytes), on ``scale``."""
+    text = Text(f"{label:<10}")
+    used = 0
+    for name, value in values:
+        cells = min(int(round(value / scale * inner)), inner - used)
+        text.append("█" * cells, style=CATEGORY_STYLES.get(name, "white"))
+        used += cells
+    text.append("·" * (inner - used), style="grey35")
+    return text
+
+
 def render_category_bars(session: SessionView, width: int = 80) -> RenderableType:
     """Stacked bars by category (now, at the last step's peak, predicted) and a legend table."""
     rows = category_rows(session)
@@ -144,14 +157,7 @@ def render_category_bars(session: SessionView, width: int = 80) -> RenderableTyp
     inner = max(10, width - 12)
 
     def stacked(label: str, values: Sequence[tuple[str, int]]) -> Text:
-        text = Text(f"{label:<10}")
-        used = 0
-        for name, value in values:
-            cells = min(int(round(value / scale * inner)), inner - used)
-            text.append("█" * cells, style=CATEGORY_STYLES.get(name, "white"))
-            used += cells
-        text.append("·" * (inner - used), style="grey35")
-        return text
+        return stacked_bar(label, values, scale, inner)
 
     lines: list[RenderableType] = [stacked("now", [(r[0], r[1]) for r in rows])]
     if has_peak:
@@ -419,7 +425,8 @@ def snapshot_to_dict(snapshot: Snapshot, *, sort: str = "memory") -> dict[str, A
             "bytes": None
             if view.bytes is None
             else dict(zip((str(c) for c in CATEGORIES), view.bytes, strict=True)),
-            "predicted": dict(meta.predicted),
+            "predicted": dict(view.predicted),
+            "prediction_basis": None if view.prediction is None else view.prediction.basis,
             "capacity": session_capacity(view, snapshot.devices),
             "alerts": [
                 {"severity": a.severity, "kind": a.kind, "title": a.title, "fix": a.fix}
@@ -446,8 +453,7 @@ def snapshot_to_dict(snapshot: Snapshot, *, sort: str = "memory") -> dict[str, A
 
 def snapshot_jobs(snapshot: Snapshot) -> list[JobView]:
     """The distributed jobs among the snapshot's sessions (sessions sharing a job id)."""
-    grouped = group_jobs(snapshot.sessions, lambda v: session_capacity(v, snapshot.devices))
-    return [item for item in grouped if isinstance(item, JobView)]
+    return snapshot.jobs()
 
 
 def job_row(job: JobView) -> tuple[str, ...]:

@@ -4,7 +4,7 @@ Textual's DataTable re-renders every visible cell through Rich whenever any cell
 costs tens of milliseconds a refresh at 200 rows. Here a row is one string (cells padded to the
 column widths) drawn as one segment, cached by its content, so a refresh that changes a few
 figures costs a few string joins. Keys: up/down, page up/down, home/end; enter posts
-:class:`RowTable.RowChosen`. The cursor follows the row's identity (a pid, a session id) when
+:class:`RowTable.RowChosen`, a move to another row :class:`RowTable.RowHighlighted`. The cursor follows the row's identity (a pid, a session id) when
 rows move.
 """
 
@@ -59,12 +59,28 @@ class RowTable(ScrollView, can_focus=True):
             self.table = table
             self.identity = identity
 
+    class RowHighlighted(Message):
+        """The row under the cursor is another one (``identity`` ``None``: no rows)."""
+
+        def __init__(self, table: RowTable, identity: str | None) -> None:
+            super().__init__()
+            self.table = table
+            self.identity = identity
+
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self.rows: list[Row] = []
         self._widths: list[int] = [len(label) for label, _ in self.COLUMNS]
         self._lines: dict[int, tuple[tuple[object, ...], Strip]] = {}
         self._styles: dict[str, Style] | None = None
+        self._highlighted: str | None = None
+
+    def _check_highlight(self) -> None:
+        """Post :class:`RowHighlighted` when the identity under the cursor changed."""
+        identity = self.selected_identity()
+        if identity != self._highlighted:
+            self._highlighted = identity
+            self.post_message(self.RowHighlighted(self, identity))
 
     def _style(self, name: str) -> Style:
         """The base, header, cursor and dim styles, looked up once per style change."""
@@ -123,6 +139,7 @@ class RowTable(ScrollView, can_focus=True):
                     cursor = index
                     break
         self.cursor_row = max(0, min(cursor, len(rows) - 1))
+        self._check_highlight()
         self.refresh()
 
     # -- drawing -------------------------------------------------------------------------------
@@ -171,6 +188,7 @@ class RowTable(ScrollView, can_focus=True):
             self.scroll_to(y=new, animate=False, immediate=True)
         elif new >= top + visible:
             self.scroll_to(y=new - visible + 1, animate=False, immediate=True)
+        self._check_highlight()
         self.refresh()
 
     def action_cursor(self, delta: int) -> None:

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.modules import module as module_mod
 
 from profiler import Category, track_memory
-from profiler.tracker import MemoryTracker
+from profiler.tracker import _Predictions
 from profiler.tracking.capture import FailureCapture
 from profiler.tracking.engine import Engine
 
@@ -44,11 +44,17 @@ def _interrupt(*_: object, **__: object) -> None:
     raise KeyboardInterrupt
 
 
+def _interrupt_at_exit(self: _Predictions, basis: str) -> None:
+    """Ctrl-C while the exit's predictions are made (entry and first step go through)."""
+    if basis == "end":
+        raise KeyboardInterrupt
+
+
 @pytest.mark.parametrize(
     ("owner", "name"),
     [
         (Engine, "start_recording"),  # inside __enter__, the stream already running
-        (MemoryTracker, "_predict"),  # inside __exit__, after the engine stopped
+        (_Predictions, "predict"),  # inside __exit__, after the engine stopped
         (FailureCapture, "detach"),  # inside the engine's own exit, the first uninstall step
     ],
 )
@@ -56,7 +62,7 @@ def test_an_interrupt_inside_enter_or_exit_leaks_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, owner: type, name: str
 ) -> None:
     before = _global_hooks()
-    monkeypatch.setattr(owner, name, _interrupt)
+    monkeypatch.setattr(owner, name, _interrupt_at_exit if owner is _Predictions else _interrupt)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path)
     assert _stream_threads() == []  # the flusher stopped

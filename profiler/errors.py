@@ -83,6 +83,19 @@ class BackendUnavailable(GpumemError):
     """A device source (NVML, CUDA, an allocator hook) is not available here."""
 
 
+def require(module: str, *, by: str, package: str) -> Any:
+    """``import module`` for an optional integration ``by``, or :class:`BackendUnavailable` with
+    the ``pip install`` hint: a missing framework is the user's to install, not our bug."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise BackendUnavailable(
+            f"{by} needs {package} ({error})", hint=f"pip install {package}"
+        ) from None
+
+
 class DryRunError(GpumemError):
     """A model or step that cannot run on fake tensors."""
 

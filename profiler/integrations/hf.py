@@ -22,17 +22,12 @@ import functools
 import sys
 from typing import Any
 
-from profiler.errors import BackendUnavailable
+from profiler.errors import require
 from profiler.integrations.unwrap import unwrap_model, unwrap_optimizer
 from profiler.tracker import MemoryTracker
 
-try:
-    from transformers import TrainerCallback
-except ImportError as error:  # the framework, not our code
-    raise BackendUnavailable(
-        f"profiler.integrations.hf needs transformers ({error})",
-        hint="pip install transformers",
-    ) from None
+require("transformers", by=__name__, package="transformers")  # or one line saying what to install
+from transformers import TrainerCallback  # noqa: E402
 
 __all__ = ["GpumemCallback"]
 

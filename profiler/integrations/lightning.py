@@ -30,16 +30,11 @@ from typing import Any
 import torch
 
 from profiler import views
-from profiler.errors import BackendUnavailable
+from profiler.errors import require
 from profiler.tracker import MemoryTracker
 
-try:
-    import lightning.pytorch as pl
-except ImportError as error:  # the framework, not our code
-    raise BackendUnavailable(
-        f"profiler.integrations.lightning needs lightning ({error})",
-        hint="pip install lightning",
-    ) from None
+require("lightning.pytorch", by=__name__, package="lightning")  # or one line saying what to install
+import lightning.pytorch as pl  # noqa: E402
 
 __all__ = ["GpumemCallback"]
 

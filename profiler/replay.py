@@ -6,7 +6,10 @@ a forward pre-hook on the root module; shapes, dtypes and plain values only, nev
 the model (parameters and buffers re-created as fake tensors: no memory) with a fresh optimizer
 of the run's class: the root forward with the inputs resized on their batch dimension, the loss
 the model returned (``output.loss``) or the sum of its output, backward and the optimizer step,
-twice (the second step holds the optimizer state). A change is a mapping:
+twice (the second step holds the optimizer state), the second forward made while the first
+step's output is still held where the user's loop was seen to hold it (``out = model(x)`` keeps
+it until the next forward returns; before a second forward was seen, the replay assumes it is
+kept, the safe side). A change is a mapping:
 
 * ``{"batch": n}``: the inputs' batch dimension resized to ``n``;
 * ``{"autocast": "bfloat16"}``: forward and loss under ``torch.autocast``;
@@ -83,7 +86,12 @@ class InputRecorder:
         self.problem: str | None = "the model's forward was not called"
         #: whether autograd was recording at that call (a training forward, before any backward)
         self.grad_enabled = False
-        self._handle: Any = None
+        #: per tensor of the root's output (in pytree order), whether the user's loop still held
+        #: it when the next forward began (``out = model(x)`` holds it until that forward
+        #: returns); ``None`` until a second forward showed it
+        self.kept: tuple[bool, ...] | None = None
+        self._outputs: list[weakref.ref[torch.Tensor]] | None = None
+        self._handles: list[Any] = []
 
     @classmethod
     def watching(cls, model: torch.nn.Module | None) -> InputRecorder:
@@ -95,15 +103,27 @@ class InputRecorder:
 
     def attach(self, model: torch.nn.Module) -> None:
         """Start recording ``model``'s calls (call :meth:`detach` to stop)."""
-        self._handle = model.register_forward_pre_hook(self._record, with_kwargs=True)
+        self._handles = [
+            model.register_forward_pre_hook(self._record, with_kwargs=True),
+            model.register_forward_hook(self._returned),
+        ]
 
     def detach(self) -> None:
-        """Remove the hook."""
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        """Remove the hooks."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _returned(self, _module: Any, _args: Any, output: Any) -> None:
+        try:
+            self._outputs = [weakref.ref(t) for t in _output_tensors(output)]
+        except Exception:  # noqa: BLE001 - never break the forward
+            self._outputs = None
 
     def _record(self, _module: Any, args: Any, kwargs: Any) -> None:
+        if self._outputs is not None:
+            self.kept = tuple(ref() is not None for ref in self._outputs)
+            self._outputs = None
         self.grad_enabled = torch.is_grad_enabled()
         try:
             seen: dict[int, TensorSpec] = {}
@@ -206,6 +226,14 @@ def _add_lora(model: torch.nn.Module, rank: int) -> torch.nn.Module:
     return peft.get_peft_model(model, config)
 
 
+def _output_tensors(output: Any) -> list[torch.Tensor]:
+    """The tensors of a forward's output, in pytree order (a transformers ``ModelOutput`` is a
+    pytree node)."""
+    from torch.utils._pytree import tree_leaves
+
+    return [leaf for leaf in tree_leaves(output) if isinstance(leaf, torch.Tensor)]
+
+
 def _loss(output: Any) -> torch.Tensor:
     loss = getattr(output, "loss", None)
     if isinstance(loss, torch.Tensor):
@@ -248,6 +276,7 @@ class Replayer:
         self._model = weakref.ref(model)
         self._optimizer = weakref.ref(optimizer) if optimizer is not None else None
         self.args, self.kwargs, self.problem = recorder.args, recorder.kwargs, recorder.problem
+        self.kept = recorder.kept
         self.batch = batch
         self.training = training
         self.device = device
@@ -303,6 +332,15 @@ class Replayer:
             return torch.empty(shape, dtype=value.dtype, requires_grad=value.requires_grad)
         return torch.ones(shape, dtype=value.dtype)
 
+    def _held(self, output: Any) -> list[torch.Tensor]:
+        """The output tensors the user's loop keeps into the next step: those it was seen to
+        keep, or, not seen yet (an OOM in the first step), all of them (``out = model(x)``
+        keeps the output until the next forward returns: the safe side)."""
+        tensors = _output_tensors(output)
+        if self.kept is None or len(self.kept) != len(tensors):
+            return tensors
+        return [t for t, kept in zip(tensors, self.kept, strict=True) if kept]
+
     def _optimizer_for(self, model: torch.nn.Module, change: Mapping[str, Any]) -> Any:
         original = self._optimizer() if self._optimizer is not None else None
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -337,6 +375,8 @@ class Replayer:
                 built = _add_lora(built, int(change["lora"]))
             return built, self._optimizer_for(built, change)
 
+        held: list[torch.Tensor] = []  # the previous step's output the loop still holds
+
         def step(model: torch.nn.Module, optimizer: Any) -> None:
             made: dict[int, Any] = {}
             args = self._materialize(self.args, batch, made)
@@ -347,7 +387,10 @@ class Replayer:
             grad = torch.enable_grad() if training else torch.no_grad()
             with grad:
                 with context:
-                    loss = _loss(model(*args, **kwargs))
+                    output = model(*args, **kwargs)
+                    loss = _loss(output)
+                held[:] = self._held(output)  # the previous one is let go once this one exists
+                del output
                 if training:
                     loss.backward()
                     del loss  # freed before the optimizer step, as `model(x).sum().backward()`

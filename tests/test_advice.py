@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
 from profiler.advice import Moment, RunFacts, largest_batch, peak_after, rank
 from profiler.advice.reading import capacity_bytes, layer_groups
+from profiler.advice.suggestions import batch_wording
 from profiler.errors import UsageError
 
 
@@ -227,3 +229,16 @@ def test_the_library_modules_import_neither_pandas_nor_textual():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_uneven_micro_batches_add_up_to_the_batch():
+    facts = replace(TRAINING, batch=256)
+    title, params = batch_wording(facts, 400, 54)
+    # 256 over 5 micro-batches: one of 52 and four of 51, never 5 x 52 = 260
+    assert params == {
+        "batch_size": 54,
+        "accumulation_steps": 5,
+        "micro_batch": 52,
+        "effective_batch": 256,
+    }
+    assert "over 5 micro-batches of 51-52 (weight each micro-batch's loss by its size)" in title

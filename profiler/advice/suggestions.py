@@ -115,15 +115,20 @@ def batch_wording(facts: RunFacts, capacity: int | None, new: int) -> tuple[str,
         if capacity is not None:
             title += " (the largest that fits)"
         if steps > 1 and facts.training:
+            # the micro-batches add up to the batch: sizes micro and micro - 1 where it divides
+            # unevenly (each loss then weighted by its micro-batch's share)
+            sizes = f"{micro}" if micro * steps == batch else f"{micro - 1}-{micro}"
             title += (
                 f"; to keep the effective batch of {batch}, accumulate gradients over {steps} "
-                f"micro-batches of {micro}"
+                f"micro-batches of {sizes}"
             )
+            if micro * steps != batch:
+                title += " (weight each micro-batch's loss by its size)"
             params = {
                 "batch_size": new,
                 "accumulation_steps": steps,
                 "micro_batch": micro,
-                "effective_batch": micro * steps,
+                "effective_batch": batch,
             }
             return title, params
     else:

@@ -11,6 +11,13 @@ scalars, forgets it when the tensor (or anything sharing its storage) is written
 answers ``bool()``/``item()`` and transformers' mask checks from it. Tensors whose values are
 not known (``randint``, a mask with padding written into it) keep the tracing path, which is
 the real path for a mask that does mask something.
+
+It also knows ``torch.arange`` rows (consecutive along the last dimension, through offsets,
+``unsqueeze``/``expand`` and conversions), and that ``torch.diff`` of such a row, prepended with
+its own first column minus one, is all ones: transformers' packed-sequence check
+(``find_packed_sequence_indices``, run where no cache is kept, as under gradient checkpointing)
+then sees one sequence per row as the real device does, instead of building and saving a 4-D
+mask per layer (32 KiB on a tiny GPT-2 at batch 8 x 64 tokens).
 """
 
 from __future__ import annotations
@@ -123,6 +130,23 @@ _WRITES = frozenset(
 ) | {"__setitem__"}
 
 
+# ops whose result keeps each row of its input consecutive along the last dimension
+_ROW_SAME = {
+    getattr(_T, name)
+    for name in ["to", "long", "int", "float", "double", "clone", "contiguous", "detach", "cpu"]
+} | {torch.clone}
+_ROW_SHIFT = {_T.__add__, _T.__radd__, _T.__sub__, _T.add, _T.sub, torch.add, torch.sub}
+
+
+def _is_head(key: Any) -> bool:
+    """``key`` is ``[:, :1]`` (or ``[..., :1]``): the first column of a 2-D row tensor."""
+    if not isinstance(key, tuple) or not key or not isinstance(key[-1], slice):
+        return False
+    last = key[-1]
+    first_only = last.start in (None, 0) and last.stop == 1 and last.step in (None, 1)
+    return first_only and all(k == slice(None) or k is Ellipsis for k in key[:-1])
+
+
 def _cast(value: Any, dtype: torch.dtype) -> Any:
     if dtype == torch.bool:
         return bool(value)
@@ -136,6 +160,10 @@ class Fills:
 
     def __init__(self) -> None:
         self._values: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+        #: tensors whose rows are consecutive integers along the last dimension (an arange)
+        self._rows: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+        #: a row tensor's first column plus this offset (``rows[:, :1] - 1``: -1)
+        self._heads: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
 
     def value(self, tensor: Any) -> Any:
         """The value every element of ``tensor`` holds, or None when it is not known."""
@@ -155,17 +183,20 @@ class Fills:
         try:
             storage = tensor.untyped_storage()
         except (RuntimeError, NotImplementedError):  # pragma: no cover - storage-less tensors
-            self._values.pop(tensor, None)
+            for known in (self._values, self._rows, self._heads):
+                known.pop(tensor, None)
             return
-        for other in list(self._values.keys()):
-            with contextlib.suppress(RuntimeError, NotImplementedError):
-                if other.untyped_storage()._cdata == storage._cdata:
-                    self._values.pop(other, None)
+        for known in (self._values, self._rows, self._heads):
+            for other in list(known.keys()):
+                with contextlib.suppress(RuntimeError, NotImplementedError):
+                    if other.untyped_storage()._cdata == storage._cdata:
+                        known.pop(other, None)
 
     def call(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run ``func`` and record its result's fill value when the inputs' values are known."""
         name = getattr(func, "__name__", "")
-        if self._values and args and isinstance(args[0], torch.Tensor):
+        tracked = self._values or self._rows or self._heads
+        if tracked and args and isinstance(args[0], torch.Tensor):
             known = func in (_T.__bool__, _T.item) and args[0] in self._values
             if known and args[0].numel() == 1:
                 value = self._values[args[0]]
@@ -181,7 +212,44 @@ class Fills:
         value = self._result_value(func, args, kwargs, result)
         if value is not None:
             self._values[result] = _cast(value, result.dtype)
+        elif func is torch.arange or self._rows or self._heads:
+            self._track_rows(func, args, kwargs, result)
         return result
+
+    def _track_rows(
+        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], result: _T
+    ) -> None:
+        """Record ``result`` as a row tensor, or a row tensor's first column plus an offset."""
+        if func is torch.arange:
+            step = args[2] if len(args) > 2 else kwargs.get("step", 1)
+            if step == 1 and not result.dtype.is_floating_point:
+                self._rows[result] = True
+            return
+        if not args or not isinstance(args[0], torch.Tensor):
+            return
+        source = args[0]
+        if source in self._rows:
+            last_kept = result.dim() >= 1 and result.shape[-1] == source.shape[-1]
+            reshaped = func in (_T.unsqueeze, torch.unsqueeze, _T.expand, _T.expand_as)
+            shifted = func in _ROW_SHIFT and len(args) > 1 and self._operand(args[1]) is not None
+            prepend = kwargs.get("prepend")
+            if func in _ROW_SAME or (reshaped and last_kept) or shifted:
+                self._rows[result] = True
+            elif func is _T.__getitem__ and len(args) > 1 and _is_head(args[1]):
+                self._heads[result] = 0
+            elif (
+                func is torch.diff
+                and isinstance(prepend, torch.Tensor)
+                and self._heads.get(prepend) == -1
+                and kwargs.get("dim", -1) in (-1, source.dim() - 1)
+                and kwargs.get("n", 1) == 1
+            ):
+                self._values[result] = _cast(1, result.dtype)  # consecutive: every step is 1
+        elif source in self._heads and func in _ROW_SHIFT and len(args) > 1:
+            offset = self._operand(args[1])
+            if isinstance(offset, int) and not isinstance(offset, bool):
+                sign = -1 if func in (_T.__sub__, _T.sub, torch.sub) else 1
+                self._heads[result] = self._heads[source] + sign * offset
 
     def _result_value(
         self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], result: _T
@@ -199,6 +267,8 @@ class Fills:
             if func is _T.any:
                 return bool(first) and args[0].numel() > 0
             return first
+        if func in (_T.cumsum, torch.cumsum) and first == 0:
+            return 0
         if func in (_T.sum, torch.sum):
             reduced = args[0].numel() // max(result.numel(), 1)
             return first * reduced

@@ -177,3 +177,40 @@ def test_fills_follow_conversions_views_and_forget_writes() -> None:
     assert fills.value(row) is None
     assert fills.value(call(torch.randint, 0, 5, (3,))) is None
     assert fills.value(call(torch.full, (2,), 7.0)) == 7.0
+
+
+def _packed(fills: Fills, position_ids: torch.Tensor) -> bool | None:
+    """transformers' packed-sequence check, step by step through ``fills``: whether it can
+    tell that there is one sequence per row (None: the values are not known)."""
+
+    def call(func: Any, *args: Any, **kwargs: Any) -> Any:
+        return fills.call(func, args, kwargs)
+
+    first = call(
+        torch.Tensor.sub,
+        call(torch.Tensor.__getitem__, position_ids, (slice(None), slice(None, 1))),
+        1,
+    )
+    diff = call(torch.diff, position_ids, prepend=first, dim=-1)
+    mask = call(torch.Tensor.cumsum, call(torch.Tensor.ne, diff, 1), -1)
+    last = call(torch.Tensor.__getitem__, mask, (slice(None), -1))
+    return fills.value(call(torch.Tensor.all, call(torch.Tensor.__eq__, last, 0)))
+
+
+def test_fills_know_an_arange_row_is_one_sequence() -> None:
+    """Without a cache (gradient checkpointing) transformers checks the position ids for packed
+    sequences; an arange row is one sequence, as the real device computes."""
+    fills = Fills()
+
+    def call(func: Any, *args: Any, **kwargs: Any) -> Any:
+        return fills.call(func, args, kwargs)
+
+    rows = call(torch.Tensor.unsqueeze, call(torch.Tensor.add, call(torch.arange, 16), 3), 0)
+    assert _packed(fills, rows) is True
+    from transformers.masking_utils import find_packed_sequence_indices
+
+    assert find_packed_sequence_indices(rows) is None  # the real values: one sequence per row
+    assert _packed(fills, call(torch.randint, 0, 16, (1, 16))) is None  # unknown: tracing path
+    assert _packed(fills, call(torch.Tensor.mul, rows, 2)) is None  # steps of 2: not a row
+    call(torch.Tensor.__setitem__, rows, (0, 5), 0)  # written in place: forgotten
+    assert _packed(fills, rows) is None

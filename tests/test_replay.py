@@ -152,8 +152,9 @@ def test_autocast_and_checkpointing_replays_match_real_runs() -> None:
     assert precision.verified and checkpointing.verified
     # the replay's loss is the model's own (labels given), so the peaks are the real ones
     assert precision.replayed_peak == amp.peak_bytes
-    # checkpointing: within 0.5% (32 KiB of 8.86 MiB more on the replay, not explained yet)
-    assert abs(checkpointing.replayed_peak - ckpt.peak_bytes) <= 0.005 * ckpt.peak_bytes
+    # checkpointing: equal too (without a cache transformers checks the position ids for packed
+    # sequences; the dry run knows an arange row is one, see profiler/fills.py)
+    assert checkpointing.replayed_peak == ckpt.peak_bytes
     assert "lora" in found and found["lora"].verified
 
 

@@ -139,11 +139,15 @@ class InputRecorder:
 class Adam8bitLayout(torch.optim.Optimizer):
     """An Adam whose state is laid out as bitsandbytes' AdamW8bit (blockwise 8-bit), for replays.
 
-    Its update does no arithmetic worth measuring: it only holds the state bitsandbytes holds.
+    As bitsandbytes 0.50 holds it: per tensor of at least 4096 values two uint8 moments and a
+    float32 absmax per 256 values, the signed and unsigned quantisation maps (256 float32 each)
+    shared by all those tensors, two float32 moments for smaller tensors, and ``step`` as a Python
+    int. Its update does no arithmetic worth measuring: it only holds that state.
     """
 
     def __init__(self, params: Any, lr: float = 1e-3) -> None:
         super().__init__(params, {"lr": lr})
+        self._qmaps: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> None:  # type: ignore[override]
@@ -153,11 +157,17 @@ class Adam8bitLayout(torch.optim.Optimizer):
                     continue
                 state = self.state[p]
                 if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["step"] = 0
                     if p.numel() >= _MIN_8BIT_SIZE:
+                        if self._qmaps is None:
+                            self._qmaps = (
+                                torch.zeros(256, dtype=torch.float32),
+                                torch.zeros(256, dtype=torch.float32),
+                            )
                         blocks = math.ceil(p.numel() / _BLOCK)
                         for i in (1, 2):
                             state[f"state{i}"] = torch.zeros_like(p, dtype=torch.uint8)
+                            state[f"qmap{i}"] = self._qmaps[i - 1]
                             state[f"absmax{i}"] = torch.zeros(blocks, dtype=torch.float32)
                     else:
                         state["state1"] = torch.zeros_like(p, dtype=torch.float32)

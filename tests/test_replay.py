@@ -190,12 +190,70 @@ def test_estimates_never_say_they_fit() -> None:
     assert found and all(s.fits is not True and not s.verified for s in found)
 
 
-def test_the_8bit_layout_holds_what_bitsandbytes_holds() -> None:
-    big = nn.Parameter(torch.zeros(4096 + 1))
-    small = nn.Parameter(torch.zeros(10))
-    opt = Adam8bitLayout([big, small])
-    big.grad, small.grad = torch.zeros_like(big), torch.zeros_like(small)
+def _state_bytes(optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """Bytes of each state key over all parameters, a shared tensor counted once."""
+    seen: set[int] = set()
+    out: dict[str, int] = {}
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.untyped_storage().data_ptr() not in seen:
+                seen.add(value.untyped_storage().data_ptr())
+                out[key] = out.get(key, 0) + value.nbytes
+            elif not torch.is_tensor(value):
+                out.setdefault(key, 0)
+    return out
+
+
+def _stepped(make) -> torch.optim.Optimizer:
+    params = [nn.Parameter(torch.zeros(n)) for n in (4096 + 1, 10, 5000)]
+    opt = make(params)
+    for p in params:
+        p.grad = torch.zeros_like(p)
     opt.step()
-    held = sum(t.nbytes for state in opt.state.values() for t in state.values())
-    blocks = -(-4097 // 256)
-    assert held == (2 * 4097 + 2 * blocks * 4 + 4) + (2 * 10 * 4 + 4)
+    return opt
+
+
+def test_the_8bit_layout_holds_what_bitsandbytes_holds() -> None:
+    blocks = -(-4097 // 256) + -(-5000 // 256)
+    assert _state_bytes(_stepped(Adam8bitLayout)) == {
+        "step": 0,  # a Python int
+        "state1": 4097 + 10 * 4 + 5000,
+        "state2": 4097 + 10 * 4 + 5000,
+        "qmap1": 256 * 4,  # shared by the 8-bit tensors
+        "qmap2": 256 * 4,
+        "absmax1": blocks * 4,
+        "absmax2": blocks * 4,
+    }
+
+
+def test_the_8bit_layout_is_bitsandbytes_own() -> None:
+    bnb = pytest.importorskip("bitsandbytes")
+    real = _state_bytes(_stepped(bnb.optim.AdamW8bit))
+    assert real == _state_bytes(_stepped(Adam8bitLayout))
+
+
+def _two_blocks(make):
+    model = _mlp()[:2]
+    opt = make(model.parameters())
+    with track_memory(model, opt, stream=False, leaks=False) as mem:
+        for _ in range(2):
+            out = model(torch.randn(4, 64, 512))
+            out.sum().backward()
+            opt.step()
+            opt.zero_grad()
+    return mem, model, opt
+
+
+def test_a_real_8bit_adam_run_is_what_the_8bit_suggestion_replayed() -> None:
+    """bitsandbytes' own AdamW8bit, tracked: its state (the shared maps once) is the optimizer
+    category; the 8-bit suggestion replayed from an AdamW run of the same model has that run's
+    peak to the byte; and no 8-bit optimizer is suggested to a run that already has one."""
+    bnb = pytest.importorskip("bitsandbytes")
+    adamw, _m1, _o1 = _two_blocks(torch.optim.AdamW)
+    real, _m2, opt = _two_blocks(bnb.optim.AdamW8bit)
+    assert int(real.breakdown().loc["optimizer", "current"]) == sum(_state_bytes(opt).values())
+    found = {s.kind: s for s in adamw.suggestions(capacity=adamw.peak_bytes - 1)}
+    assert found["optimizer"].verified
+    assert found["optimizer"].replayed_peak == real.peak_bytes
+    kinds = {s.kind for s in real.suggestions(capacity=real.peak_bytes // 2)}
+    assert "optimizer" not in kinds

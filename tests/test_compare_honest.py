@@ -102,7 +102,8 @@ def test_gpt2_temporaries_are_predicted_by_replay() -> None:
     # two logits-sized tensors at the peak, not three; the input ids (int64) and 8 B of scalars
     assert row["measured"] == 2 * tokens * vocab * 4 + tokens * 8 + 8
     assert row["check"] == "ok, no reference"
-    for name in ("weights", "gradients", "optimizer", "activations", "kv_cache"):
+    for name in NAMES:
+        assert table.loc[name, "source"] == "replay"
         assert table.loc[name, "predicted"] == table.loc[name, "measured"], name
     params = list(model.parameters())
     assert table.loc["weights", "reference"] == _local(params) == table.loc["weights", "measured"]
@@ -262,3 +263,25 @@ def test_a_dry_run_is_not_replayed_against_itself() -> None:
 def test_check_names_the_one_that_disagrees(figures: tuple, verdict: str) -> None:
     assert verdict in CHECKS
     assert check(*figures) == verdict
+
+
+def test_the_replay_follows_the_run_and_needs_a_model() -> None:
+    model = _mlp()
+    opt = torch.optim.AdamW(model.parameters())
+    with track_memory(model, opt, mode="exact", stream=False) as mem:
+        model(torch.randn(8, 32)).sum().backward()
+        opt.step()
+        mem.step()
+        during = mem.compare()
+    after = mem.compare()  # the run changed (the block exited): replayed now, not the old frame
+    assert during.loc["weights", "source"] == "formulas"
+    assert after.attrs["replay_problem"] is None and after.attrs["replay_cached"] is False
+    assert after.loc["weights", "source"] == "replay"
+
+    with track_memory(None, mode="exact", stream=False) as mem:
+        torch.ones(1000).sum()
+    table = mem.compare()
+    assert table.attrs["replay_problem"].startswith("no model to replay")
+    assert table["reference"].isna().all() and table["predicted"].isna().all()
+    assert set(table["source"]) == {"none"} and set(table["check"]) == {"no prediction"}
+    assert table.loc["temporaries", "measured"] == 1000 * 4 + 4  # the ones and their sum

@@ -164,20 +164,30 @@ class HonestCompare:
         """``compare()``'s frame for ``run`` (see :func:`~profiler.predict.compare.compare`).
 
         ``attrs``: ``replay_problem`` (why the formulas stand in, ``None`` when replayed),
-        ``replay_seconds`` (what the replay cost when it ran) and ``replay_cached`` (whether
-        this call reused it).
+        ``replay_seconds`` (what the replay cost when it ran), ``replay_cached`` (whether this
+        call reused it) and ``reference_problem`` (why there is no reference, if it failed).
         """
-        made = replayer() if not active else None
-        replayed_now = self._replay(run, made, active)
+        made, problem = None, None
+        try:
+            made = replayer() if not active else None
+        except Exception as error:  # noqa: BLE001 - the comparison falls back, labelled
+            problem = f"the replay could not be set up ({type(error).__name__}: {error})"
+        replayed_now = self._replay(run, made, active) if problem is None else False
+        if problem is not None:
+            self._key, self._peaks, self._problem, self._seconds = None, None, problem, None
         info = run.info
-        reference = reference_bytes(
-            run.model,
-            optimizers,
-            run.kv_caches(),
-            rounding=int(info.rounding),
-            training=bool(info.training),
-            autocast=info.autocast_dtype,
-        )
+        try:
+            reference = reference_bytes(
+                run.model,
+                optimizers,
+                run.kv_caches(),
+                rounding=int(info.rounding),
+                training=bool(info.training),
+                autocast=info.autocast_dtype,
+            )
+            reference_problem = None
+        except Exception as error:  # noqa: BLE001 - no reference rather than no comparison
+            reference, reference_problem = None, f"{type(error).__name__}: {error}"
         frame = compare(
             views.breakdown(run),
             context=views.compare_context(run),
@@ -185,6 +195,7 @@ class HonestCompare:
             reference=reference,
         )
         frame.attrs["replay_problem"] = self._problem
+        frame.attrs["reference_problem"] = reference_problem
         frame.attrs["replay_seconds"] = self._seconds
         frame.attrs["replay_cached"] = not replayed_now and self._peaks is not None
         return frame

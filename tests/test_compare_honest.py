@@ -285,3 +285,15 @@ def test_the_replay_follows_the_run_and_needs_a_model() -> None:
     assert table["reference"].isna().all() and table["predicted"].isna().all()
     assert set(table["source"]) == {"none"} and set(table["check"]) == {"no prediction"}
     assert table.loc["temporaries", "measured"] == 1000 * 4 + 4  # the ones and their sum
+
+
+def test_no_replay_inside_another_trackers_block() -> None:
+    # the replay's fake tensors would be charged to the outer ledger: the formulas stand in
+    with track_memory(torch.nn.Linear(4, 4), mode="exact", stream=False) as outer:
+        model = _mlp()
+        mem = _train(model, torch.optim.AdamW(model.parameters()))
+        before = outer.peaks
+        table = mem.compare()
+        assert outer.peaks == before
+    assert "dispatch mode is active" in table.attrs["replay_problem"]
+    assert table.loc["weights", "source"] == "formulas"

@@ -4,9 +4,9 @@
 over the real model with no change applied (:class:`~profiler.replay.Replayer`, the same replay
 that verifies suggestions), each category's peak in that replay. The replay runs once per
 :meth:`HonestCompare.table` call at most, never in the hot path, and is kept until the run
-changes (its step, peaks or recorded input). Where it cannot run (inside the block, no model, no
-recorded forward, a step fake tensors cannot run, a run that was itself a dry run) the formulas'
-figures (:mod:`profiler.predict.tracked`) stand in, labelled ``"formulas"``, and the frame's
+changes (its step, peaks or recorded input). Where it cannot run (inside the block or another
+tracker's, no model, no recorded forward, a step fake tensors cannot run, a run that was itself a
+dry run) the formulas' figures (:mod:`profiler.predict.tracked`) stand in, labelled ``"formulas"``, and the frame's
 ``attrs["replay_problem"]`` says why.
 
 **Reference** is reached by another route than the measurement: the live tensors' *local* sizes
@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from profiler import views
 from profiler.predict.compare import compare
@@ -124,6 +125,11 @@ class HonestCompare:
     def _why_not(self, run: RunView, replayer: Any, active: bool) -> str | None:
         if active:
             return "the block is still running (the step is replayed once it has exited)"
+        if is_in_torch_dispatch_mode():
+            return (
+                "a torch dispatch mode is active (another tracker's block?): the replay's fake "
+                "tensors would be counted in it"
+            )
         if replayer is None:
             return "no model to replay (track_memory(model, ...) was given none, or it is gone)"
         if _is_fake(run.model):

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from profiler.dryrun import dry_run
+from profiler.dryrun import DryRun, dry_run
 from profiler.errors import DryRunError
 
 __all__ = ["Adam8bitLayout", "InputRecorder", "Replayer", "TensorSpec"]
@@ -320,8 +320,13 @@ class Replayer:
         """The replayed peak in bytes with ``change`` applied (cached per change)."""
         key = tuple(sorted(change.items()))
         if key not in self._cache:
-            self._cache[key] = self._measure(change)
+            self._cache[key] = int(self._measure(change).peak_bytes)
         return self._cache[key]
+
+    def replay(self, change: Mapping[str, Any] | None = None) -> DryRun:
+        """The whole dry run of the recorded step with ``change`` applied (none: the step as it
+        ran), for its per-category figures; not cached. Raises :class:`DryRunError`."""
+        return self._measure(change or {})
 
     def _materialize(self, value: Any, batch: int | None, made: dict[int, Any]) -> Any:
         if isinstance(value, TensorSpec):
@@ -365,7 +370,7 @@ class Replayer:
         except TypeError:
             return cls(trainable)  # type: ignore[call-arg]
 
-    def _measure(self, change: Mapping[str, Any]) -> int:
+    def _measure(self, change: Mapping[str, Any]) -> DryRun:
         model = self._model()
         if model is None:
             raise DryRunError("the model is gone")
@@ -409,5 +414,4 @@ class Replayer:
                         optimizer.zero_grad()
 
         steps = 2 if training and self._optimizer is not None else 1
-        result = dry_run(build, step, steps=steps, device=self.device, rounding=self.rounding)
-        return int(result.peak_bytes)
+        return dry_run(build, step, steps=steps, device=self.device, rounding=self.rounding)

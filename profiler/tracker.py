@@ -23,8 +23,8 @@ from profiler.errors import UsageError
 from profiler.integrations.unwrap import ddp_copies_gradients, unwrap_model, unwrap_optimizer
 from profiler.leaks import Leak, LeakDetector
 from profiler.notebook import TrackerHtml
-from profiler.predict.compare import compare
 from profiler.predict.gpus import find_gpu
+from profiler.predict.honest import HonestCompare
 from profiler.predict.tracked import predict_tracked
 from profiler.records import Event, EventKind, StepRecord
 from profiler.replay import InputRecorder, Replayer
@@ -143,6 +143,7 @@ class MemoryTracker(EngineView, TrackerHtml):
         #: The OOM post-mortem, once one was written (see :mod:`profiler.report`).
         self.oom_report: OomReport | None = None
         self._predictions = _Predictions(self)
+        self._honest = HonestCompare()
 
     # ================================================================== the block
 
@@ -278,8 +279,8 @@ class MemoryTracker(EngineView, TrackerHtml):
         return views.top_modules(self, limit)
 
     def compare(self) -> pd.DataFrame:
-        """Predicted vs measured per category, with the likely cause of each gap in words."""
-        return compare(self.breakdown(), context=views.compare_context(self))
+        """Measured vs predicted (replayed, else formulas) vs a reference, per category."""
+        return self._honest.table(self, self._replay, self._state.optimizers(), self._state.active)
 
     def waterfall(self) -> Waterfall:
         """NVML → reserved → allocated → categories, for this tracker's device."""

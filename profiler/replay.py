@@ -6,10 +6,10 @@ a forward pre-hook on the root module; shapes, dtypes and plain values only, nev
 the model (parameters and buffers re-created as fake tensors: no memory) with a fresh optimizer
 of the run's class: the root forward with the inputs resized on their batch dimension, the loss
 the model returned (``output.loss``) or the sum of its output, backward and the optimizer step,
-twice (the second step holds the optimizer state), the second forward made while the first
-step's output is still held where the user's loop was seen to hold it (``out = model(x)`` keeps
-it until the next forward returns; before a second forward was seen, the replay assumes it is
-kept, the safe side). A change is a mapping:
+twice (the second step holds the optimizer state). The output is held as the user's loop was
+seen to hold it: through backward to the optimizer's step, and into the next forward
+(``out = model(x)`` keeps it until that forward returns); not seen yet (an OOM in the first
+step), it is held throughout, the safe side. A change is a mapping:
 
 * ``{"batch": n}``: the inputs' batch dimension resized to ``n``;
 * ``{"autocast": "bfloat16"}``: forward and loss under ``torch.autocast``;
@@ -87,26 +87,28 @@ class InputRecorder:
         #: whether autograd was recording at that call (a training forward, before any backward)
         self.grad_enabled = False
         #: per tensor of the root's output (in pytree order), whether the user's loop still held
-        #: it when the next forward began (``out = model(x)`` holds it until that forward
-        #: returns); ``None`` until a second forward showed it
-        self.kept: tuple[bool, ...] | None = None
+        #: it at the optimizer's step (through backward: ``out = model(x)``) and when the next
+        #: forward began (``out`` is let go only once that forward returns); ``None`` until seen
+        self.held_to_step: tuple[bool, ...] | None = None
+        self.held_to_next: tuple[bool, ...] | None = None
         self._outputs: list[weakref.ref[torch.Tensor]] | None = None
+        self._stepped = False
         self._handles: list[Any] = []
 
     @classmethod
-    def watching(cls, model: torch.nn.Module | None) -> InputRecorder:
-        """A recorder attached to ``model`` (none attached without a model)."""
+    def watching(cls, model: torch.nn.Module | None, optimizers: Any = ()) -> InputRecorder:
+        """A recorder attached to ``model`` and its ``optimizers`` (none without a model)."""
         recorder = cls()
         if model is not None:
-            recorder.attach(model)
+            recorder.attach(model, optimizers)
         return recorder
 
-    def attach(self, model: torch.nn.Module) -> None:
+    def attach(self, model: torch.nn.Module, optimizers: Any = ()) -> None:
         """Start recording ``model``'s calls (call :meth:`detach` to stop)."""
         self._handles = [
             model.register_forward_pre_hook(self._record, with_kwargs=True),
             model.register_forward_hook(self._returned),
-        ]
+        ] + [optimizer.register_step_pre_hook(self._stepping) for optimizer in optimizers]
 
     def detach(self) -> None:
         """Remove the hooks."""
@@ -119,10 +121,21 @@ class InputRecorder:
             self._outputs = [weakref.ref(t) for t in _output_tensors(output)]
         except Exception:  # noqa: BLE001 - never break the forward
             self._outputs = None
+        self._stepped = False
+
+    def _alive(self) -> tuple[bool, ...] | None:
+        if self._outputs is None:
+            return None
+        return tuple(ref() is not None for ref in self._outputs)
+
+    def _stepping(self, *_: Any) -> None:
+        if not self._stepped and self._outputs is not None:  # the first step after a forward
+            self._stepped = True
+            self.held_to_step = self._alive()
 
     def _record(self, _module: Any, args: Any, kwargs: Any) -> None:
         if self._outputs is not None:
-            self.kept = tuple(ref() is not None for ref in self._outputs)
+            self.held_to_next = self._alive()
             self._outputs = None
         self.grad_enabled = torch.is_grad_enabled()
         try:
@@ -286,7 +299,7 @@ class Replayer:
         self._model = weakref.ref(model)
         self._optimizer = weakref.ref(optimizer) if optimizer is not None else None
         self.args, self.kwargs, self.problem = recorder.args, recorder.kwargs, recorder.problem
-        self.kept = recorder.kept
+        self.held_to_step, self.held_to_next = recorder.held_to_step, recorder.held_to_next
         self.batch = batch
         self.training = training
         self.device = device
@@ -347,14 +360,13 @@ class Replayer:
             return torch.empty(shape, dtype=value.dtype, requires_grad=value.requires_grad)
         return torch.ones(shape, dtype=value.dtype)
 
-    def _held(self, output: Any) -> list[torch.Tensor]:
-        """The output tensors the user's loop keeps into the next step: those it was seen to
-        keep, or, not seen yet (an OOM in the first step), all of them (``out = model(x)``
-        keeps the output until the next forward returns: the safe side)."""
-        tensors = _output_tensors(output)
-        if self.kept is None or len(self.kept) != len(tensors):
+    @staticmethod
+    def _held(tensors: list[torch.Tensor], seen: tuple[bool, ...] | None) -> list[torch.Tensor]:
+        """The output tensors the user's loop was ``seen`` to hold, or, not seen yet (an OOM in
+        the first step), all of them (``out = model(x)`` holds them: the safe side)."""
+        if seen is None or len(seen) != len(tensors):
             return tensors
-        return [t for t, kept in zip(tensors, self.kept, strict=True) if kept]
+        return [t for t, held in zip(tensors, seen, strict=True) if held]
 
     def _optimizer_for(self, model: torch.nn.Module, change: Mapping[str, Any]) -> Any:
         original = self._optimizer() if self._optimizer is not None else None
@@ -376,6 +388,10 @@ class Replayer:
             raise DryRunError("the model is gone")
         if self.problem is not None:
             raise DryRunError(self.problem)
+        from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+
+        if is_in_torch_dispatch_mode():  # the fake tensors would be charged to that mode's owner
+            raise DryRunError("a torch dispatch mode is active (another tracker's block?)")
         source, _ = _fake_copy(model)
         batch = change.get("batch")
         dtype = change.get("autocast") or self.autocast
@@ -390,7 +406,7 @@ class Replayer:
                 built = _add_lora(built, int(change["lora"]))
             return built, self._optimizer_for(built, change)
 
-        held: list[torch.Tensor] = []  # the previous step's output the loop still holds
+        held: list[torch.Tensor] = []  # the output tensors the user's loop still holds
 
         def step(model: torch.nn.Module, optimizer: Any) -> None:
             made: dict[int, Any] = {}
@@ -404,14 +420,18 @@ class Replayer:
                 with context:
                     output = model(*args, **kwargs)
                     loss = _loss(output)
-                held[:] = self._held(output)  # the previous one is let go once this one exists
-                del output
+                tensors = _output_tensors(output)
+                to_next = self._held(tensors, self.held_to_next)
+                # the previous step's are let go once this output exists
+                held[:] = self._held(tensors, self.held_to_step) + to_next
+                del output, tensors
                 if training:
                     loss.backward()
                     del loss  # freed before the optimizer step, as `model(x).sum().backward()`
                     if optimizer is not None:
                         optimizer.step()
                         optimizer.zero_grad()
+                held[:] = to_next
 
         steps = 2 if training and self._optimizer is not None else 1
         return dry_run(build, step, steps=steps, device=self.device, rounding=self.rounding)

@@ -151,7 +151,7 @@ class MemoryTracker(EngineView, TrackerHtml):
         engine = self._engine
         engine.enter(self)
         try:
-            self._inputs = InputRecorder.watching(self._state.model)
+            self._inputs = InputRecorder.watching(self._state.model, self._state.optimizers())
             self._start_observers()
             self._predictions.predict("entry")  # weights, gradients, optimizer state: known now
             engine.start_recording()

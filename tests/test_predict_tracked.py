@@ -169,15 +169,13 @@ def test_formula_vs_measured_training_step(kind: str, batch: int, seq: int) -> N
     # the peak too, so the temporaries' peak is the logits' working set the formula predicts
     formula_gap = frame.loc["temporaries", "peak"] - frame.loc["temporaries", "predicted"]
     assert abs(formula_gap) / frame.loc["temporaries", "predicted"] < 0.02
-    # compare() predicts by replaying the step, which does not keep `out` (the logits) alive
-    # across backward as this loop does: at least two logits-sized tensors, fewer than measured
-    # (the exact replayed program is checked to the byte in test_compare_honest.py); flagged
+    # compare() predicts by replaying the step, holding `out` (the logits) through backward and
+    # letting it go before the next forward, as this loop was seen to; the only difference left
+    # is the ids, made before the block here and inside the replayed step (one int64 row each)
     row = table.loc["temporaries"]
     assert row["source"] == "replay"
-    assert 2 * tokens * 1000 * 4 <= row["predicted"] < frame.loc["temporaries", "peak"]
-    assert row["gap"] == frame.loc["temporaries", "peak"] - row["predicted"]
-    assert row["check"] == "predicted differs"
-    assert "the model's output kept" in row["cause"]
+    assert 0 <= row["predicted"] - frame.loc["temporaries", "peak"] <= ids.nbytes
+    assert row["check"].startswith("ok")
 
 
 def _frame(rows: dict[str, tuple[int, float]]) -> pd.DataFrame:

@@ -257,3 +257,17 @@ def test_a_real_8bit_adam_run_is_what_the_8bit_suggestion_replayed() -> None:
     assert found["optimizer"].replayed_peak == real.peak_bytes
     kinds = {s.kind for s in real.suggestions(capacity=real.peak_bytes // 2)}
     assert "optimizer" not in kinds
+
+
+def test_no_replay_inside_another_trackers_block() -> None:
+    """suggestions() asked inside an outer tracker's block: replaying would charge fake tensors
+    to the outer tracker, so the suggestions stay estimates and the outer peak is untouched."""
+    inner, _model, _opt, _fits = _run(4, capacity=None, steps=2)
+    outer_model = nn.Linear(8, 8)
+    with track_memory(outer_model, stream=False, leaks=False, mode="exact") as outer:
+        outer_model(torch.randn(2, 8))
+        before = outer.peak_bytes
+        found = inner.suggestions(capacity=inner.peak_bytes // 2)
+        assert outer.peak_bytes == before
+    assert found and not any(s.verified for s in found)
+    assert any("dispatch mode is active" in s.detail for s in found)

@@ -33,11 +33,17 @@ def _mlp() -> nn.Module:
     )
 
 
-def _run(batch: int, capacity: str | None = CAPACITY, steps: int = 2, keep: bool = True):
+def _run(
+    batch: int,
+    capacity: str | None = CAPACITY,
+    steps: int = 2,
+    keep: bool = True,
+    mode: str = "auto",
+):
     """(tracker, model, optimizer, whether it fit); ``keep``: the loop holds each output."""
     model = _mlp()
     opt = torch.optim.AdamW(model.parameters())
-    mem = track_memory(model, opt, capacity=capacity, stream=False, leaks=False)
+    mem = track_memory(model, opt, capacity=capacity, stream=False, leaks=False, mode=mode)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -81,6 +87,15 @@ def test_first_forward_oom_suggests_a_batch_that_really_fits(first_forward_oom) 
     assert at_oom == 54
     assert _run(at_oom)[3] is True
     assert _run(at_oom + 1)[3] is False
+
+
+def test_fast_mode_gives_the_same_batch(first_forward_oom) -> None:
+    """Fast mode asked off CUDA measures in exact mode (its heap counter sees the whole
+    process), and says so: the same OOM, the same replayed answer."""
+    exact, _model, _opt = first_forward_oom
+    fast, _model2, _opt2, fits = _run(256, mode="fast")
+    assert not fits and fast.requested_mode == "fast" and str(fast.mode) == "exact"
+    assert _batch_of(fast.oom_report.suggestions) == _batch_of(exact.oom_report.suggestions)
 
 
 def test_the_same_batch_ahead_of_time_and_after_the_oom(first_forward_oom) -> None:

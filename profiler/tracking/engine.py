@@ -153,6 +153,12 @@ class Engine:
                 "counter sees the whole process): measuring in exact mode",
             )
             state.mode = Mode.EXACT
+        if state.mode is Mode.FAST and state.capacity is not None:
+            self.guard.warn_once(
+                "fast-capacity",
+                "a simulated capacity is enforced by the exact ledger: measuring in exact mode",
+            )
+            state.mode = Mode.EXACT
         state.rounding = options.resolve_rounding(state.device)
         state.wanted = device_filter(state.device)
         state.on_cuda = state.device.type == "cuda"

@@ -65,11 +65,6 @@ class Options:
         gpu_name, size = gpu if gpu is not None else (None, None)
         if capacity is not None:
             size = parse_bytes(capacity)
-        if mode == "fast" and size is not None:
-            raise UsageError(
-                "a simulated capacity needs exact mode",
-                hint="use mode='exact' (or 'auto') with capacity= or gpu=",
-            )
         if rounding is not None and (not isinstance(rounding, int) or rounding < 1):
             raise UsageError(f"rounding must be a positive number of bytes, got {rounding!r}")
         if history is True:

@@ -43,7 +43,7 @@ import torch
 from profiler.dryrun import DryRun, dry_run
 from profiler.errors import DryRunError
 
-__all__ = ["Adam8bitLayout", "InputRecorder", "Replayer", "TensorSpec"]
+__all__ = ["Adam8bitLayout", "InputRecorder", "Replayer", "TensorSpec", "dispatch_mode_active"]
 
 _PLAIN = (bool, int, float, str, type(None), torch.dtype)
 #: bitsandbytes' 8-bit optimizers keep tensors smaller than this in 32-bit state.
@@ -117,6 +117,8 @@ class InputRecorder:
         self._handles = []
 
     def _returned(self, _module: Any, _args: Any, output: Any) -> None:
+        if torch.compiler.is_compiling():  # step aside while dynamo traces (no graph break)
+            return
         try:
             self._outputs = [weakref.ref(t) for t in _output_tensors(output)]
         except Exception:  # noqa: BLE001 - never break the forward
@@ -187,6 +189,13 @@ class Adam8bitLayout(torch.optim.Optimizer):
                         state["state2"] = torch.zeros_like(p, dtype=torch.float32)
                 state["step"] += 1
                 p.add_(p.grad, alpha=-group["lr"])
+
+
+def dispatch_mode_active() -> bool:
+    """Whether a ``TorchDispatchMode`` is on this thread's stack. (torch's own
+    ``is_in_torch_dispatch_mode`` reads a process-wide flag that two threads entering and leaving
+    modes in turn leave set: seen after two trackers ran in two threads.)"""
+    return bool(torch._C._len_torch_dispatch_stack())
 
 
 def _fake_copy(model: torch.nn.Module) -> tuple[torch.nn.Module, dict[int, torch.Tensor]]:
@@ -388,9 +397,7 @@ class Replayer:
             raise DryRunError("the model is gone")
         if self.problem is not None:
             raise DryRunError(self.problem)
-        from torch.utils._python_dispatch import is_in_torch_dispatch_mode
-
-        if is_in_torch_dispatch_mode():  # the fake tensors would be charged to that mode's owner
+        if dispatch_mode_active():  # the fake tensors would be charged to that mode's owner
             raise DryRunError("a torch dispatch mode is active (another tracker's block?)")
         source, _ = _fake_copy(model)
         batch = change.get("batch")

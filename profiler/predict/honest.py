@@ -32,12 +32,12 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from profiler import views
 from profiler.predict.compare import compare
 from profiler.predict.tracked import round_bytes
 from profiler.records import CATEGORIES
+from profiler.replay import dispatch_mode_active
 from profiler.shards import local_tensor
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ class HonestCompare:
     def _why_not(self, run: RunView, replayer: Any, active: bool) -> str | None:
         if active:
             return "the block is still running (the step is replayed once it has exited)"
-        if is_in_torch_dispatch_mode():
+        if dispatch_mode_active():
             return (
                 "a torch dispatch mode is active (another tracker's block?): the replay's fake "
                 "tensors would be counted in it"

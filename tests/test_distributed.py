@@ -84,6 +84,12 @@ def test_fsdp2_weights_are_the_local_padded_shard(job: dict) -> None:
         assert fsdp["sublabels"]["sharded_param"]["current"] == shard
         assert fsdp["other"] == 0  # nothing counted twice
         assert fsdp["optimizer"] == fsdp["predicted_optimizer"]
+        # compare()'s independent figure reads FSDP's own padded shard sizes: it agrees with the
+        # prediction; the measured column is the weights' peak, which holds the parameters
+        # gathered for forward and backward too, and the check says so
+        assert fsdp["reference_weights"] == shard
+        assert fsdp["compared_weights"] == fsdp["peak_weights"] > shard
+        assert fsdp["check_weights"] == "measured differs"
 
 
 def test_fsdp2_gathers_are_named(job: dict) -> None:

@@ -58,8 +58,11 @@ def _region(t: torch.Tensor) -> tuple[Any, ...]:
     return (key, local.storage_offset(), tuple(local.shape), local.stride(), local.dtype)
 
 
-def _local_bytes(tensors: Iterable[torch.Tensor], rounding: int) -> int:
-    """Each distinct tensor's local ``numel × element_size``, rounded, summed."""
+def _local_bytes(
+    tensors: Iterable[torch.Tensor], rounding: int, padded: dict[int, int] | None = None
+) -> int:
+    """Each distinct tensor's local ``numel × element_size`` (``padded[id(t)]`` elements where
+    FSDP pads its shard), rounded, summed."""
     seen: set[tuple[Any, ...]] = set()
     total = 0
     for t in tensors:
@@ -70,8 +73,27 @@ def _local_bytes(tensors: Iterable[torch.Tensor], rounding: int) -> int:
             continue
         seen.add(region)
         local = local_tensor(t)
-        total += round_bytes(local.numel() * local.element_size(), rounding)
+        numel = padded.get(id(t), local.numel()) if padded else local.numel()
+        total += round_bytes(numel * local.element_size(), rounding)
     return total
+
+
+def _fsdp_padded(model: torch.nn.Module) -> dict[int, int]:
+    """FSDP2's own record of each sharded parameter's padded shard (``torch.chunk`` of dim 0:
+    every rank holds the first chunk's size), in elements: ``{id(param): numel}``."""
+    out: dict[int, int] = {}
+    for module in model.modules():
+        get_state = getattr(module, "_get_fsdp_state", None)
+        if get_state is None:
+            continue
+        try:
+            group = get_state()._fsdp_param_group
+            for fsdp_param in group.fsdp_params if group is not None else ():
+                size = fsdp_param.padded_sharded_param_size
+                out[id(fsdp_param.sharded_param)] = int(torch.Size(size).numel())
+        except Exception:  # noqa: BLE001 - FSDP's private layout moved: the local size stands
+            continue
+    return out
 
 
 def reference_bytes(
@@ -90,7 +112,8 @@ def reference_bytes(
     if model is None:
         return out
     params = list(model.parameters())
-    out["weights"] = None if autocast is not None else _local_bytes(params, rounding)
+    padded = _fsdp_padded(model)
+    out["weights"] = None if autocast is not None else _local_bytes(params, rounding, padded)
     out["buffers"] = _local_bytes(model.buffers(), rounding)
     grads = [p.grad for p in params if p.grad is not None]
     if grads:

@@ -55,7 +55,12 @@ def fsdp_figures() -> dict:
     torch_peak = sum(d["Total"] for d in tracker.get_tracker_snapshot("peak").values())
     torch_current = sum(d["Total"] for d in tracker.get_tracker_snapshot("current").values())
     breakdown = mem.breakdown()
+    table = mem.compare()
     return {
+        "reference_weights": int(table.loc["weights", "reference"]),
+        "check_weights": str(table.loc["weights", "check"]),
+        "compared_weights": int(table.loc["weights", "measured"]),
+        "peak_weights": int(breakdown.loc["weights", "peak"]),
         "torch_peak": torch_peak,
         "torch_current": torch_current,
         "peak": mem.peak_bytes,

@@ -37,7 +37,7 @@ __all__ = ["MODULE_SAMPLE_EVERY", "Engine"]
 #: running the exact strategy for that step; the other steps have hooks on the root module and
 #: the optimizer only. 0: fast mode's own module hooks on every step (counter reads per module
 #: where the counter is cheap), as without a model.
-MODULE_SAMPLE_EVERY = 100
+MODULE_SAMPLE_EVERY = 1000
 
 #: Hook groups: the strategy's global module hooks (swapped by a hunt), and the rest.
 _MODULE_HOOKS = "module"
@@ -108,6 +108,7 @@ class Engine:
                     state.module_every = MODULE_SAMPLE_EVERY
                     state.module_frames = True
                     self.strategy = self.exact
+            self.known.lean_grads = self.strategy is self.fast
             self._install(model)
             self.capture.attach()
             if options.history:
@@ -364,7 +365,8 @@ class Engine:
         state = self.state
         now = time.perf_counter()
         record = self.history.record_step(phase, now)
-        self.fold_step_modules()
+        if self.strategy is self.exact or not state.module_every:
+            self.fold_step_modules()  # (fast mode's lean steps see no module)
         self.hooks.remove(TENSOR_HOOKS)
         self.capture.reattach()
         state.step += 1
@@ -431,6 +433,7 @@ class Engine:
         else:
             self.exact.stop()
         self.strategy = strategy
+        self.known.lean_grads = strategy is self.fast
         self._install_module_hooks(strategy)
         self.history.split_now = self._split_for(strategy)
 

@@ -30,6 +30,7 @@ from profiler.ledger import (
     TEMPORARIES,
     WEIGHTS,
 )
+from profiler.tracking.gradients import GradientPool
 from profiler.tracking.state import EngineState
 
 __all__ = ["KnownTensors"]
@@ -47,6 +48,10 @@ class KnownTensors:
         self.hooked: set[int] = set()
         #: the parameters whose gradients fast mode claims at each backward end.
         self.grad_params: list[weakref.ref[torch.Tensor]] = []
+        #: fast mode's gradients between full claims; used while ``lean_grads`` (set by the
+        #: engine on fast mode's lean steps).
+        self.gradients = GradientPool()
+        self.lean_grads = False
         self._kv_refs: list[weakref.ref[Any]] = []
         #: ids of the caches walked since the last forward started (walked once per step).
         self._kv_walked: set[int] = set()
@@ -112,6 +117,7 @@ class KnownTensors:
 
     def trainable_params(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
         """The parameters that get gradients (remembered for the gradient claims)."""
+        self.gradients = GradientPool()  # a new block: the first claim is a full one
         result = []
         for param in model.parameters():
             if param.requires_grad:
@@ -124,6 +130,7 @@ class KnownTensors:
         """Forget the hooked parameters (the block ended)."""
         self.hooked.clear()
         self.grad_params.clear()
+        self.lean_grads = False  # the pool stays charged while its gradients live, as entries do
         self._opt_sizes.clear()
         self._master_optimizers.clear()
         self._kv_walked.clear()
@@ -135,14 +142,16 @@ class KnownTensors:
     # ------------------------------------------------------------------ gradients, optimizers
 
     def claim_model_grads(self) -> None:
-        """Claim every trainable parameter's gradient (fast mode, once per backward end)."""
+        """Claim the trainable parameters' gradients (fast mode, once per step).
+
+        With :attr:`lean_grads` (fast mode's lean steps) the gradients are one pool
+        (:class:`~profiler.tracking.gradients.GradientPool`: O(1) per step); otherwise, and for
+        the first claim, each gradient's storage is charged.
+        """
         ledger = self.state.ledger
-        wanted = self.state.is_wanted
-        for ref in self.grad_params:
-            param = ref()
-            grad = param.grad if param is not None else None
-            if grad is not None and wanted(grad):
-                ledger.claim(grad, GRADIENTS)
+        if self.lean_grads and self.gradients.claim(ledger):
+            return
+        self.gradients.full_claim(ledger, self.grad_params, self.state.is_wanted)
 
     def adopt_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Track ``optimizer`` from now on (one created inside the block, seen at its step)."""

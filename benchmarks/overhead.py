@@ -10,10 +10,16 @@ Workloads:
 (a) small ops: MLP 32-64-64-10, batch 8, Adam (MemTracker is ~19x slower than untracked here);
 (b) big ops: a 2-layer transformer encoder, d_model 512, seq 256, batch 8, AdamW;
 (c) 2,000 modules: 1,000 Linear(8, 8) + ReLU pairs, batch 4, SGD; with (a), it shows whether
-    fast mode's per-step cost (microseconds over untracked) grows with the module count.
+    fast mode's per-step cost (microseconds over untracked) grows with the module count;
+(d) generation: a tiny GPT-2 from transformers (4 layers, d_model 256, random weights) generating
+    32 tokens greedily after an 8-token prompt; times per token.
 
-Targets: exact <= 3.5x on (a) and <= 1.05x on (b); fast <= 1.10x on (a) and <= 1.01x on (b), and
-its microseconds per step on (c) no more than on (a). Also: the tracker's own records after a
+Each workload also prints what one read of fast mode's CPU counter (glibc's ``mallinfo2``, which
+walks the heap) costs in that process at that point, to tell the counter's cost on CPU (on CUDA
+the counter is the caching allocator's) from fast mode's own bookkeeping.
+
+Targets: exact <= 3.5x on (a), <= 1.05x on (b) and <= 2.5x per token on (d); fast <= 1.10x on (a)
+and <= 1.01x on (b), and its microseconds per step on (c) no more than on (a). Also: the tracker's own records after a
 100k-step run stay bounded (samples and steps are thinned, events capped), measured as the deep
 size of the records.
 """
@@ -85,6 +91,38 @@ def many_modules_workload() -> tuple[nn.Module, torch.optim.Optimizer, Callable[
     return model, optimizer, step
 
 
+def generation_workload() -> tuple[nn.Module, None, Callable[[], None]]:
+    """A tiny GPT-2 (4 layers, d 256) generating 32 tokens greedily after an 8-token prompt."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=4, n_embd=256, n_head=4, vocab_size=1000, bos_token_id=0, eos_token_id=0
+    )
+    model = GPT2LMHeadModel(config).eval()
+    ids = torch.randint(1, 1000, (1, 8))
+    mask = torch.ones_like(ids)
+
+    def step() -> None:
+        with torch.no_grad():
+            model.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=GENERATED_TOKENS,
+                min_new_tokens=GENERATED_TOKENS,
+                do_sample=False,
+                pad_token_id=0,
+            )
+
+    return model, None, step
+
+
+#: Tokens generated per timed call of (d); its times are per token.
+GENERATED_TOKENS = 32
+
+
 def _memtracker(model: nn.Module, optimizer: torch.optim.Optimizer):  # type: ignore[no-untyped-def]
     from torch.distributed._tools.mem_tracker import MemTracker
 
@@ -100,6 +138,7 @@ def measure(
     home: str,
     *,
     memtracker: bool = True,
+    per: int = 1,
 ) -> dict[str, list[float]]:
     """CPU time per step of each variant, one value per round (process time: robust to load)."""
     model, optimizer, step = build()
@@ -120,14 +159,34 @@ def measure(
                 step()  # the first step inside a block pays set-up; time the rest
                 if name == "memtracker":
                     tracker.reset_mod_stats()
+                elif per > 1 and tracker is not None:
+                    tracker.step()
                 start = time.process_time()
                 for _ in range(steps):
                     step()
                     if name == "memtracker":
                         tracker.reset_mod_stats()
+                    elif per > 1 and tracker is not None:
+                        tracker.step()  # an inference loop ends its steps by hand
                 elapsed = time.process_time() - start
-            times[name].append(elapsed / steps)
+            times[name].append(elapsed / steps / per)
     return times
+
+
+def counter_cost(build: Callable) -> float:  # type: ignore[type-arg]
+    """Seconds one read of glibc's heap counter takes right after a step of ``build``."""
+    from profiler.backends.host import heap_bytes_reader
+
+    reader = heap_bytes_reader()
+    if reader is None:
+        return float("nan")
+    _, _, step = build()
+    step()
+    step()
+    start = time.perf_counter()
+    for _ in range(20):
+        reader()
+    return (time.perf_counter() - start) / 20
 
 
 def _deep_size(root: object) -> int:
@@ -197,7 +256,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--memory-steps", type=int, default=100_000)
     parser.add_argument("--memory-only", action="store_true", help="skip the timing workloads")
-    parser.add_argument("--only", default="abc", help="which workloads to time (a, b, c)")
+    parser.add_argument("--only", default="abcd", help="which workloads to time (a, b, c, d)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     # Off CUDA, fast mode measures in exact mode; keep glibc's heap counter here to time fast
@@ -213,12 +272,20 @@ def main() -> None:
             10,
             False,
         ),
+        (
+            "d",
+            f"(d) generation, per token: GPT-2 4 x d256, {GENERATED_TOKENS} tokens greedy",
+            generation_workload,
+            3,
+            False,
+        ),
     ]
     with tempfile.TemporaryDirectory() as home:
         for key, label, build, steps, memtracker in workloads:
             if args.memory_only or key not in args.only:
                 continue
-            times = measure(build, steps, args.repeats, home, memtracker=memtracker)
+            per = GENERATED_TOKENS if key == "d" else 1
+            times = measure(build, steps, args.repeats, home, memtracker=memtracker, per=per)
             base = times["untracked"]
             parts = []
             for name, values in times.items():
@@ -230,6 +297,7 @@ def main() -> None:
                     f"{min(ratios):.2f}-{max(ratios):.2f}; {extra:+.0f} us/step)"
                 )
             print(f"{label}: " + ", ".join(parts), flush=True)
+            print(f"    one CPU counter read here: {counter_cost(build) * 1e6:.1f} us", flush=True)
     size, samples, steps = memory_bound(args.memory_steps)
     print(
         f"tracker memory after {args.memory_steps} training steps: {size / 2**20:.1f} MiB of "

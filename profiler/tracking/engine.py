@@ -108,7 +108,7 @@ class Engine:
                     state.module_every = MODULE_SAMPLE_EVERY
                     state.module_frames = True
                     self.strategy = self.exact
-            self.known.lean_grads = self.strategy is self.fast
+            self.known.lean_grads = self.phases.defer_end = self.strategy is self.fast
             self._install(model)
             self.capture.attach()
             if options.history:
@@ -166,6 +166,7 @@ class Engine:
         state = self.state
         try:
             if state.active:
+                self.phases.finish_backward()
                 self.known.scan_kv_caches()
                 self.known.scan_optimizers()
                 self.history.sample()
@@ -358,6 +359,7 @@ class Engine:
         if not self.state.active:
             raise TrackingError("mem.step() outside the `with track_memory(...)` block")
         self.known.scan_kv_caches(once=True)  # what a forward's end walked is not walked again
+        self.phases.finish_backward()
         self.end_step()
 
     def end_step(self, phase: Phase | None = None) -> None:
@@ -433,7 +435,7 @@ class Engine:
         else:
             self.exact.stop()
         self.strategy = strategy
-        self.known.lean_grads = strategy is self.fast
+        self.known.lean_grads = self.phases.defer_end = strategy is self.fast
         self._install_module_hooks(strategy)
         self.history.split_now = self._split_for(strategy)
 

@@ -21,6 +21,7 @@ from profiler.records import (
     Sample,
     StepRecord,
 )
+from profiler.run import Observer
 from profiler.tracking.guard import Guard, Part
 from profiler.tracking.state import EngineState
 
@@ -260,16 +261,22 @@ class History:
             self.call(observer, "on_start", self.run)
 
     def handlers(self, method: str) -> list[tuple[Any, Callable[..., Any]]]:
-        """The observers that have ``method``, with it bound (cached until the list changes)."""
+        """The observers that have ``method``, with it bound (cached until the list changes).
+
+        :class:`~profiler.run.Observer`'s own empty methods are left out: a run whose observers
+        take no samples builds no sample records.
+        """
         if self._handlers_version != self.observers.version:
             self._handlers = {}
             self._handlers_version = self.observers.version
         found = self._handlers.get(method)
         if found is None:
+            noop = getattr(Observer, method, None)
             found = self._handlers[method] = [
                 (observer, function)
                 for observer in self.observers
                 if (function := getattr(observer, method, None)) is not None
+                and (noop is None or getattr(type(observer), method, None) is not noop)
             ]
         return found
 

@@ -27,7 +27,7 @@ from profiler.tracking.history import History
 from profiler.tracking.hooks import HookSet
 from profiler.tracking.known import KnownTensors
 from profiler.tracking.options import Options, device_filter
-from profiler.tracking.phases import TENSOR_HOOKS, PhaseTracker, is_compiling
+from profiler.tracking.phases import TENSOR_HOOKS, PhaseTracker, graph_task_id, is_compiling
 from profiler.tracking.sharding import ShardWatch
 from profiler.tracking.state import INCL, INCL_MAX, OWN, OWN_MAX, EngineState, Mode
 
@@ -69,6 +69,8 @@ class Engine:
         self._hunt_steps_left = 0
         self._optimizer_depth = 0
         self._grads_claimed = False
+        #: A parameter's gradient hook marks backward starts (fast mode, after a full claim).
+        self._starts_hooked = False
         self.phases.register_user_hooks(on_backward_end=self._backward_ended)
 
     # ------------------------------------------------------------------ enter and exit
@@ -90,6 +92,7 @@ class Engine:
         self.phases.reset()
         self.capture.reset()
         self._optimizer_depth = 0
+        self._starts_hooked = False
         state.thread = threading.get_ident()  # hooks count this thread's work only
         state.start_time = time.time()
         state.step_start = time.perf_counter()
@@ -280,8 +283,9 @@ class Engine:
         if is_compiling():
             return None  # traced by torch.compile: stay out of the graph (no graph break)
         try:
-            if self.strategy is self.fast and torch.is_grad_enabled():
-                # fast mode's one backward hook: the root output's gradient starts the backward
+            if self.strategy is self.fast and torch.is_grad_enabled() and not self._starts_hooked:
+                # fast mode's backward hook until a parameter is hooked for good: the root
+                # output's gradient starts the backward
                 self.exact.hook_first(self.state.module_name(module), output, starting=True)
             self.known.observe_output(output)
             if not self.state.module_stack:
@@ -289,6 +293,27 @@ class Engine:
         except Exception as error:
             self.guard.fail(Part.KV_CACHE, error)
         return None
+
+    def _hook_backward_starts(self) -> None:
+        """Fast mode's lean steps: hook the parameter whose gradient comes first, once (no
+        per-step tensor hook); its gradient's arrival marks each backward's start."""
+        if self._starts_hooked or self.state.model is None:
+            return
+        ref = self.known.gradients.first_landing
+        param = ref() if ref is not None else None
+        if param is None:
+            return
+        self.hooks.add(_MAIN_HOOKS, param.register_post_accumulate_grad_hook(self._backward_seen))
+        self._starts_hooked = True
+
+    def _backward_seen(self, param: torch.Tensor) -> None:
+        if Part.GRADIENT_HOOKS in self.guard.disabled or not self.state.active:
+            return
+        try:
+            if self.state.phase is not Phase.BACKWARD and graph_task_id() != -1:
+                self.phases.enter_backward()
+        except Exception as error:
+            self.guard.fail(Part.GRADIENT_HOOKS, error)
 
     def _grad_landed(self, param: torch.Tensor) -> None:
         if Part.GRADIENT_HOOKS in self.guard.disabled:
@@ -307,6 +332,8 @@ class Engine:
         if self.state.mode is Mode.FAST and not self._grads_claimed:
             self.known.claim_model_grads()
             self._grads_claimed = True  # one claim per step
+            if self.strategy is self.fast:
+                self._hook_backward_starts()
         self.exact.close_backward_frames()
 
     # ------------------------------------------------------------------ optimizer and steps
@@ -436,6 +463,8 @@ class Engine:
             self.exact.stop()
         self.strategy = strategy
         self.known.lean_grads = self.phases.defer_end = strategy is self.fast
+        if strategy is self.fast:
+            self._hook_backward_starts()
         self._install_module_hooks(strategy)
         self.history.split_now = self._split_for(strategy)
 

@@ -28,7 +28,15 @@ __all__ = ["GradientPool"]
 class GradientPool:
     """The gradient bytes of the last full claim, charged while the sentinel gradient lives."""
 
-    __slots__ = ("__weakref__", "calibrated", "charged", "sentinel", "_ledger", "_watch")
+    __slots__ = (
+        "__weakref__",
+        "calibrated",
+        "charged",
+        "first_landing",
+        "sentinel",
+        "_ledger",
+        "_watch",
+    )
 
     def __init__(self) -> None:
         #: Bytes of the gradients the last full claim found (``None``: no full claim yet).
@@ -37,6 +45,9 @@ class GradientPool:
         self.charged = 0
         #: The parameter whose gradient stands for all of them.
         self.sentinel: weakref.ref[torch.Tensor] | None = None
+        #: The parameter whose gradient was made first at the last full claim (the backward
+        #: reaches it first: fast mode's lean steps hook it once to see each backward start).
+        self.first_landing: weakref.ref[torch.Tensor] | None = None
         self._ledger: Ledger | None = None
         #: A weak reference to the sentinel gradient's storage (its callback releases the pool).
         self._watch: weakref.ref[Any] | None = None
@@ -49,6 +60,9 @@ class GradientPool:
         seen: set[int] = set()
         total = 0
         sentinel = None
+        first = last = None
+        first_seq = 0
+        before = ledger.seq  # storages charged from here on were first seen by this claim
         for ref in params:
             param = ref()
             grad = param.grad if param is not None else None
@@ -59,10 +73,16 @@ class GradientPool:
             if entry is not None and entry.key not in seen:
                 seen.add(entry.key)
                 total += entry.nbytes
+                if entry.seq <= before and (first is None or entry.seq < first_seq):
+                    first, first_seq = ref, entry.seq
             if sentinel is None:
                 sentinel = ref
+            last = ref
         self.calibrated = total
         self.sentinel = sentinel
+        # made by the backward under the exact ledger: the earliest; else (first seen here) the
+        # last parameter, usually nearest the output
+        self.first_landing = first or last
         self._ledger = ledger
 
     def claim(self, ledger: Ledger) -> bool:

@@ -230,9 +230,7 @@ class GrowthSeries:
         found = []
         for name in self.names:
             values = self._values[name]
-            if shortcut and (
-                values[-1] <= values[-k] or values[-1] - values[-k] < rise_needed
-            ):
+            if shortcut and (values[-1] <= values[-k] or values[-1] - values[-k] < rise_needed):
                 continue
             recent = list(values)[-test.recent :]
             if theil_sen_slope(steps, recent) < floor:

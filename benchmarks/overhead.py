@@ -3,7 +3,9 @@
 Run: ``python benchmarks/overhead.py [--repeats N]``. Prints one line per workload with the median
 step time of each variant, its ratio to untracked and the spread of that ratio over the rounds
 (min-max); the variants are interleaved round by round so that machine noise hits them alike.
-``exact`` and ``fast`` run as users run them: the leak detector and the session stream on; fast
+Each timed loop is the steady state: it starts after three steps inside the block (set-up, the
+first step, which fast mode measures with the exact ledger, and the stream's first files) and a
+full garbage collection (what the previous variant left is not charged to the next). ``exact`` and ``fast`` run as users run them: the leak detector and the session stream on; fast
 mode keeps glibc's heap counter on CPU here (users get exact mode there, with a notice).
 Workloads:
 
@@ -14,9 +16,9 @@ Workloads:
 (d) generation: a tiny GPT-2 from transformers (4 layers, d_model 256, random weights) generating
     32 tokens greedily after an 8-token prompt; times per token.
 
-Each workload also prints what one read of fast mode's CPU counter (glibc's ``mallinfo2``, which
-walks the heap) costs in that process at that point, to tell the counter's cost on CPU (on CUDA
-the counter is the caching allocator's) from fast mode's own bookkeeping.
+Each workload also splits fast mode's extra time into its counter reads (one per sample; on CPU
+glibc's ``mallinfo2``, which walks the heap: its cost grows with the heap, not with fast mode's
+work; on CUDA the counter is the caching allocator's) and its own work (the rest), per round.
 
 Targets: exact <= 3.5x on (a), <= 1.05x on (b) and <= 2.5x per token on (d); fast <= 1.10x on (a)
 and <= 1.01x on (b), and its microseconds per step on (c) no more than on (a). Also: the tracker's own records after a
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import statistics
 import tempfile
 import time
@@ -152,15 +155,19 @@ def measure(
     if memtracker:
         variants["memtracker"] = lambda: _memtracker(model, optimizer)
     times: dict[str, list[float]] = {name: [] for name in variants}
+    times["fast counter"] = []
     for _ in range(repeats):
         for name, make in variants.items():
             context = make()
             with context as tracker:
-                step()  # the first step inside a block pays set-up; time the rest
-                if name == "memtracker":
-                    tracker.reset_mod_stats()
-                elif per > 1 and tracker is not None:
-                    tracker.step()
+                for _ in range(3):  # set-up, the first (sampled) step, the stream's first files
+                    step()
+                    if name == "memtracker":
+                        tracker.reset_mod_stats()
+                    elif per > 1 and tracker is not None:
+                        tracker.step()
+                taken = len(tracker.samples) if name == "fast" else 0
+                gc.collect()  # no variant pays for the garbage of the one before
                 start = time.process_time()
                 for _ in range(steps):
                     step()
@@ -169,24 +176,23 @@ def measure(
                     elif per > 1 and tracker is not None:
                         tracker.step()  # an inference loop ends its steps by hand
                 elapsed = time.process_time() - start
+                if name == "fast":
+                    # each fast-mode sample read the counter once: what those reads cost, read
+                    # again now, in the same heap
+                    reads = len(tracker.samples) - taken
+                    times["fast counter"].append(
+                        reads * counter_read(tracker._engine.fast.read_counter) / steps / per
+                    )
             times[name].append(elapsed / steps / per)
     return times
 
 
-def counter_cost(build: Callable) -> float:  # type: ignore[type-arg]
-    """Seconds one read of glibc's heap counter takes right after a step of ``build``."""
-    from profiler.backends.host import heap_bytes_reader
-
-    reader = heap_bytes_reader()
-    if reader is None:
-        return float("nan")
-    _, _, step = build()
-    step()
-    step()
-    start = time.perf_counter()
-    for _ in range(20):
-        reader()
-    return (time.perf_counter() - start) / 20
+def counter_read(counter: Callable[[], object]) -> float:
+    """Seconds (process time) one call of ``counter`` takes here and now."""
+    start = time.process_time()
+    for _ in range(50):
+        counter()
+    return (time.process_time() - start) / 50
 
 
 def _deep_size(root: object) -> int:
@@ -286,6 +292,7 @@ def main() -> None:
                 continue
             per = GENERATED_TOKENS if key == "d" else 1
             times = measure(build, steps, args.repeats, home, memtracker=memtracker, per=per)
+            counter = times.pop("fast counter")
             base = times["untracked"]
             parts = []
             for name, values in times.items():
@@ -297,7 +304,13 @@ def main() -> None:
                     f"{min(ratios):.2f}-{max(ratios):.2f}; {extra:+.0f} us/step)"
                 )
             print(f"{label}: " + ", ".join(parts), flush=True)
-            print(f"    one CPU counter read here: {counter_cost(build) * 1e6:.1f} us", flush=True)
+            own = [f - b - c for f, b, c in zip(times["fast"], base, counter, strict=True)]
+            print(
+                f"    fast: counter reads {statistics.median(counter) * 1e6:.0f} us/step "
+                f"(glibc's heap walk on CPU), its own work {statistics.median(own) * 1e6:+.0f} "
+                f"us/step ({min(own) * 1e6:+.0f} to {max(own) * 1e6:+.0f})",
+                flush=True,
+            )
     size, samples, steps = memory_bound(args.memory_steps)
     print(
         f"tracker memory after {args.memory_steps} training steps: {size / 2**20:.1f} MiB of "

@@ -202,8 +202,8 @@ class Engine:
                 _MAIN_HOOKS,
                 model.register_forward_hook(self._root_post, with_kwargs=True, always_call=True),
             )
-            # Exact mode claims gradients as each one lands; fast mode once, at the backward's
-            # end (one scan instead of a Python call per parameter).
+            # Exact mode claims gradients as each one lands; fast mode once per step, at the
+            # backward's end (a full claim on sampled steps, else the O(1) gradient pool).
             for param in self.known.trainable_params(model):
                 if self.state.mode is Mode.EXACT:
                     hooks.add(

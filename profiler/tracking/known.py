@@ -2,8 +2,9 @@
 
 Their category is known from what holds them, so both strategies charge them exactly through the
 ledger: the model's parameters and buffers at entry, gradients as they land (exact mode) or once
-per backward end (fast mode), optimizer state after each step, KV caches when the model is handed
-or returns one.
+per step (fast mode: each gradient on sampled steps, one pool in between,
+:mod:`~profiler.tracking.gradients`), optimizer state after each step, KV caches when the model
+is handed or returns one.
 
 fp32 master weights are optimizer state: a mixed-precision recipe keeps the model in bf16/fp16
 and gives the optimizer fp32 copies of its parameters (apex's and DeepSpeed's fp16 optimizers do

@@ -132,3 +132,47 @@ def test_every_record_is_untracked_by_the_collector() -> None:
     assert len(old_samples) > 7_000 and len(old_steps) > 1_700
     assert sum(gc.is_tracked(s) for s in old_samples) == 0
     assert sum(gc.is_tracked(s) for s in old_steps) == 0
+
+
+def _calls_per_lean_step(layers: int) -> list[int]:
+    """Python calls into gpumem's own code in each of five lean fast-mode steps."""
+    import os
+    import sys
+
+    import profiler
+
+    root = os.path.dirname(profiler.__file__)
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(layers)])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(2, 4)
+    counts = []
+    count = [0]
+
+    def profile(frame, event, arg):  # type: ignore[no-untyped-def]
+        if event == "call" and frame.f_code.co_filename.startswith(root):
+            count[0] += 1
+
+    with track_memory(model, optimizer, mode="fast", stream=False, leaks=False):
+        for step in range(8):
+            count[0] = 0
+            sys.setprofile(profile if step >= 3 else None)
+            try:
+                model(x).sum().backward()
+                optimizer.step()
+                optimizer.zero_grad()
+            finally:
+                sys.setprofile(None)
+            if step >= 3:
+                counts.append(count[0])
+    return counts
+
+
+def test_a_lean_step_does_the_same_work_whatever_the_model_size() -> None:
+    # 4 layers (8 parameters) and 400 layers (800 parameters): fast mode's lean steps make as
+    # many calls into gpumem (nothing walks the modules or the parameters: a walk would add
+    # hundreds); a few calls depend on the counter's readings (a sample that sets a new peak
+    # records it), so the counts may differ by those
+    small, large = _calls_per_lean_step(4), _calls_per_lean_step(400)
+    assert min(small) > 50
+    assert abs(max(large) - max(small)) <= 4 and abs(min(large) - min(small)) <= 4

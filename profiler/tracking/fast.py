@@ -72,6 +72,7 @@ class FastStrategy:
         self.offset = 0
         self.peak_base = 0
         self._total = 0
+        self._no_peak = False
 
     # ------------------------------------------------------------------ setup
 
@@ -81,7 +82,9 @@ class FastStrategy:
         self.known_base = sum(state.ledger.current)
         self.read_counter = self._make_counter()
         counter = self.read_counter
-        self.read_current = getattr(counter, "current_only", None) or (lambda: counter()[0])
+        only = getattr(counter, "current_only", None)
+        self._no_peak = only is not None  # a counter without a peak: read its current alone
+        self.read_current = only or (lambda: counter()[0])
         self.counter_base, peak = counter()
         self.peak_base = peak or 0
         state.module_frames = state.on_cuda or self._counter_cost() < MODULE_READ_BUDGET
@@ -149,7 +152,10 @@ class FastStrategy:
 
         One counter read and one split per call (the hot path of every fast-mode sample).
         """
-        current, peak = self.read_counter()
+        if self._no_peak:
+            current, peak = self.read_current(), None
+        else:
+            current, peak = self.read_counter()
         state = self.state
         ledger = state.ledger
         split = ledger.current[:]

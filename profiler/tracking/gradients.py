@@ -105,7 +105,8 @@ class GradientPool:
         watch = self._watch
         if watch is not None and watch() is not None:
             return True  # the same gradients as before (zeroed in place, or accumulating)
-        self.release()
+        if self.charged:
+            self.release()
         self._watch = weakref.ref(storage, self._freed)
         self.charged = self.calibrated
         ledger._shift(GRADIENTS, self.charged)

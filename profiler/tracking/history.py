@@ -141,12 +141,18 @@ class History:
             allocator, nvml = self.allocator_reading(), self.nvml_reading()
         else:
             allocator = nvml = None
+        stack = state.module_stack
+        split_tuple = tuple(split)
+        splits = self._splits
+        held = splits.get(split_tuple)
+        if held is None:
+            held = self.interned(split_tuple)
         sample = (
             time.time(),
             state.step,
-            (phase or state.phase).value,
-            state.innermost_module(),
-            self.interned(tuple(split)),
+            (phase or state.phase)._value_,  # the plain string (``.value`` is a property)
+            stack[-1] if stack else state.ledger.module,  # (state.innermost_module())
+            held,
             sum(split),
             allocator,
             nvml,
@@ -282,7 +288,10 @@ class History:
 
     def notify(self, method: str, *args: Any) -> None:
         """Call ``method`` on every observer that has it."""
-        for observer, function in self.handlers(method):
+        handlers = self._handlers.get(method)
+        if handlers is None or self._handlers_version != self.observers.version:
+            handlers = self.handlers(method)
+        for observer, function in handlers:
             try:
                 function(*args)
             except Exception as error:

@@ -40,6 +40,14 @@ Tensor = torch.Tensor
 _HALF = (torch.bfloat16, torch.float16)
 
 
+def _param_count(optimizer: torch.optim.Optimizer) -> int:
+    """How many parameters ``optimizer``'s groups hold (per group, not per parameter)."""
+    count = 0
+    for group in optimizer.param_groups:
+        count += len(group["params"])
+    return count
+
+
 class KnownTensors:
     """Charges the tensors whose role is known from their holder."""
 
@@ -157,9 +165,11 @@ class KnownTensors:
     def adopt_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Track ``optimizer`` from now on (one created inside the block, seen at its step)."""
         state = self.state
-        if all(ref() is not optimizer for ref in state.optimizer_refs):
-            state.optimizer_refs.append(weakref.ref(optimizer))
-            state.optimizer_class = state.optimizer_class or type(optimizer).__name__
+        for ref in state.optimizer_refs:
+            if ref() is optimizer:
+                return
+        state.optimizer_refs.append(weakref.ref(optimizer))
+        state.optimizer_class = state.optimizer_class or type(optimizer).__name__
 
     def scan_optimizers(
         self, *, grads: bool = True, opt_state: bool = True, changed_only: bool = False
@@ -174,10 +184,12 @@ class KnownTensors:
         entries = ledger.entries
         hooked = self.hooked
         wanted = state.is_wanted
-        for optimizer in state.optimizers():
+        for ref in state.optimizer_refs:
+            optimizer = ref()
+            if optimizer is None:
+                continue
             if grads and (
-                id(optimizer) in self._master_optimizers
-                or len(hooked) < sum(len(g["params"]) for g in optimizer.param_groups)
+                id(optimizer) in self._master_optimizers or len(hooked) < _param_count(optimizer)
             ):
                 for group in optimizer.param_groups:
                     for param in group["params"]:

@@ -3,17 +3,25 @@
 Run: ``python benchmarks/overhead.py [--repeats N]``. Prints one line per workload with the median
 step time of each variant, its ratio to untracked and the spread of that ratio over the rounds
 (min-max); the variants are interleaved round by round so that machine noise hits them alike.
-``exact`` and ``fast`` run as users run them: the leak detector and the session stream on; fast
+Each timed loop is the steady state: it starts after three steps inside the block (set-up, the
+first step, which fast mode measures with the exact ledger, and the stream's first files) and a
+full garbage collection (what the previous variant left is not charged to the next). ``exact`` and ``fast`` run as users run them: the leak detector and the session stream on; fast
 mode keeps glibc's heap counter on CPU here (users get exact mode there, with a notice).
 Workloads:
 
 (a) small ops: MLP 32-64-64-10, batch 8, Adam (MemTracker is ~19x slower than untracked here);
 (b) big ops: a 2-layer transformer encoder, d_model 512, seq 256, batch 8, AdamW;
 (c) 2,000 modules: 1,000 Linear(8, 8) + ReLU pairs, batch 4, SGD; with (a), it shows whether
-    fast mode's per-step cost (microseconds over untracked) grows with the module count.
+    fast mode's per-step cost (microseconds over untracked) grows with the module count;
+(d) generation: a tiny GPT-2 from transformers (4 layers, d_model 256, random weights) generating
+    32 tokens greedily after an 8-token prompt; times per token.
 
-Targets: exact <= 3.5x on (a) and <= 1.05x on (b); fast <= 1.10x on (a) and <= 1.01x on (b), and
-its microseconds per step on (c) no more than on (a). Also: the tracker's own records after a
+Each workload also splits fast mode's extra time into its counter reads (one per sample; on CPU
+glibc's ``mallinfo2``, which walks the heap: its cost grows with the heap, not with fast mode's
+work; on CUDA the counter is the caching allocator's) and its own work (the rest), per round.
+
+Targets: exact <= 3.5x on (a), <= 1.05x on (b) and <= 2.5x per token on (d); fast <= 1.10x on (a)
+and <= 1.01x on (b), and its microseconds per step on (c) no more than on (a). Also: the tracker's own records after a
 100k-step run stay bounded (samples and steps are thinned, events capped), measured as the deep
 size of the records.
 """
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import statistics
 import tempfile
 import time
@@ -85,6 +94,38 @@ def many_modules_workload() -> tuple[nn.Module, torch.optim.Optimizer, Callable[
     return model, optimizer, step
 
 
+def generation_workload() -> tuple[nn.Module, None, Callable[[], None]]:
+    """A tiny GPT-2 (4 layers, d 256) generating 32 tokens greedily after an 8-token prompt."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=4, n_embd=256, n_head=4, vocab_size=1000, bos_token_id=0, eos_token_id=0
+    )
+    model = GPT2LMHeadModel(config).eval()
+    ids = torch.randint(1, 1000, (1, 8))
+    mask = torch.ones_like(ids)
+
+    def step() -> None:
+        with torch.no_grad():
+            model.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=GENERATED_TOKENS,
+                min_new_tokens=GENERATED_TOKENS,
+                do_sample=False,
+                pad_token_id=0,
+            )
+
+    return model, None, step
+
+
+#: Tokens generated per timed call of (d); its times are per token.
+GENERATED_TOKENS = 32
+
+
 def _memtracker(model: nn.Module, optimizer: torch.optim.Optimizer):  # type: ignore[no-untyped-def]
     from torch.distributed._tools.mem_tracker import MemTracker
 
@@ -100,6 +141,7 @@ def measure(
     home: str,
     *,
     memtracker: bool = True,
+    per: int = 1,
 ) -> dict[str, list[float]]:
     """CPU time per step of each variant, one value per round (process time: robust to load)."""
     model, optimizer, step = build()
@@ -113,21 +155,44 @@ def measure(
     if memtracker:
         variants["memtracker"] = lambda: _memtracker(model, optimizer)
     times: dict[str, list[float]] = {name: [] for name in variants}
+    times["fast counter"] = []
     for _ in range(repeats):
         for name, make in variants.items():
             context = make()
             with context as tracker:
-                step()  # the first step inside a block pays set-up; time the rest
-                if name == "memtracker":
-                    tracker.reset_mod_stats()
+                for _ in range(3):  # set-up, the first (sampled) step, the stream's first files
+                    step()
+                    if name == "memtracker":
+                        tracker.reset_mod_stats()
+                    elif per > 1 and tracker is not None:
+                        tracker.step()
+                taken = len(tracker.samples) if name == "fast" else 0
+                gc.collect()  # no variant pays for the garbage of the one before
                 start = time.process_time()
                 for _ in range(steps):
                     step()
                     if name == "memtracker":
                         tracker.reset_mod_stats()
+                    elif per > 1 and tracker is not None:
+                        tracker.step()  # an inference loop ends its steps by hand
                 elapsed = time.process_time() - start
-            times[name].append(elapsed / steps)
+                if name == "fast":
+                    # each fast-mode sample read the counter once: what those reads cost, read
+                    # again now, in the same heap
+                    reads = len(tracker.samples) - taken
+                    times["fast counter"].append(
+                        reads * counter_read(tracker._engine.fast.read_counter) / steps / per
+                    )
+            times[name].append(elapsed / steps / per)
     return times
+
+
+def counter_read(counter: Callable[[], object]) -> float:
+    """Seconds (process time) one call of ``counter`` takes here and now."""
+    start = time.process_time()
+    for _ in range(50):
+        counter()
+    return (time.process_time() - start) / 50
 
 
 def _deep_size(root: object) -> int:
@@ -197,7 +262,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--memory-steps", type=int, default=100_000)
     parser.add_argument("--memory-only", action="store_true", help="skip the timing workloads")
-    parser.add_argument("--only", default="abc", help="which workloads to time (a, b, c)")
+    parser.add_argument("--only", default="abcd", help="which workloads to time (a, b, c, d)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     # Off CUDA, fast mode measures in exact mode; keep glibc's heap counter here to time fast
@@ -213,12 +278,21 @@ def main() -> None:
             10,
             False,
         ),
+        (
+            "d",
+            f"(d) generation, per token: GPT-2 4 x d256, {GENERATED_TOKENS} tokens greedy",
+            generation_workload,
+            3,
+            False,
+        ),
     ]
     with tempfile.TemporaryDirectory() as home:
         for key, label, build, steps, memtracker in workloads:
             if args.memory_only or key not in args.only:
                 continue
-            times = measure(build, steps, args.repeats, home, memtracker=memtracker)
+            per = GENERATED_TOKENS if key == "d" else 1
+            times = measure(build, steps, args.repeats, home, memtracker=memtracker, per=per)
+            counter = times.pop("fast counter")
             base = times["untracked"]
             parts = []
             for name, values in times.items():
@@ -230,6 +304,13 @@ def main() -> None:
                     f"{min(ratios):.2f}-{max(ratios):.2f}; {extra:+.0f} us/step)"
                 )
             print(f"{label}: " + ", ".join(parts), flush=True)
+            own = [f - b - c for f, b, c in zip(times["fast"], base, counter, strict=True)]
+            print(
+                f"    fast: counter reads {statistics.median(counter) * 1e6:.0f} us/step "
+                f"(glibc's heap walk on CPU), its own work {statistics.median(own) * 1e6:+.0f} "
+                f"us/step ({min(own) * 1e6:+.0f} to {max(own) * 1e6:+.0f})",
+                flush=True,
+            )
     size, samples, steps = memory_bound(args.memory_steps)
     print(
         f"tracker memory after {args.memory_steps} training steps: {size / 2**20:.1f} MiB of "

@@ -14,6 +14,7 @@ from torch import nn
 
 from profiler import Category, Phase, UsageError, track_memory
 from profiler.ledger import Ledger
+from profiler.tracking.engine import MODULE_SAMPLE_EVERY
 
 F32 = 4
 BF16 = 2
@@ -363,7 +364,8 @@ def test_fast_mode_known_categories_are_exact() -> None:
     assert len(mem.steps) == 3
     # per-module figures come from the sampled steps (step 0 of 3 here), and the run says so
     assert mem.modules().loc["0", "calls"] == 1
-    assert [e.data["module_every"] for e in mem.events if "module_every" in e.data] == [100]
+    notes = [e.data["module_every"] for e in mem.events if "module_every" in e.data]
+    assert notes == [MODULE_SAMPLE_EVERY]
 
 
 # ---------------------------------------------------------------------------- ledger

@@ -221,12 +221,16 @@ class GrowthSeries:
             return []
         steps = list(self._steps)[-test.recent :]
         floor = test.min_bytes_per_step
-        # with three points or fewer, a last value not above the first means a median slope <= 0
+        # With three points or fewer, the median of the pairwise slopes reaches the floor only if
+        # the slope from the first point to the last does (it lies between the other two): one
+        # subtraction rules out a series that is not rising fast enough now.
         shortcut = test.recent <= 3
+        k = min(test.recent, len(steps))
+        rise_needed = floor * (steps[-1] - steps[-k])
         found = []
         for name in self.names:
             values = self._values[name]
-            if shortcut and values[-1] <= values[-min(test.recent, len(values))]:
+            if shortcut and (values[-1] <= values[-k] or values[-1] - values[-k] < rise_needed):
                 continue
             recent = list(values)[-test.recent :]
             if theil_sen_slope(steps, recent) < floor:

@@ -6,7 +6,8 @@ through :class:`~profiler.run.RunView`. It writes, into a directory that
 
 - ``meta.json`` (atomic): ``v``, ``name``, ``pid``, ``host``, ``rank``, ``local_rank``,
   ``world_size``, ``job_id`` (:mod:`profiler.ranks`: torch.distributed, else the launcher's
-  environment, else null; rewritten when they change, say once the process group exists),
+  environment, else null; rewritten when they change, say once the process group exists:
+  looked at on the first two step ends, then at most once a second, and at the end),
   ``start_time`` (epoch s), ``command``,
   ``interval``, ``categories`` (the category order), ``device``, ``device_type``,
   ``device_index``, ``mode``, ``model_class``, ``param_count``, ``capacity`` (a simulated device's
@@ -93,6 +94,9 @@ __all__ = ["DEFAULT_MAX_BYTES", "SCHEMA_VERSION", "SessionWriter"]
 #: Seconds between two heartbeats (the flusher touches ``samples.jsonl``; readers judge a
 #: session in another pid namespace or on another host live while its files stay fresh).
 HEARTBEAT = 1.0
+
+#: Seconds between two looks at the run's facts for ``meta.json`` after the first steps.
+META_INTERVAL = 1.0
 
 #: Default largest size of one ``.jsonl`` file before it rotates.
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
@@ -235,6 +239,8 @@ class SessionWriter(Observer):
         self._window_peak: Sample | None = None
         self._session_peak = 0
         self._modules_written_at = float("-inf")
+        self._meta_checked_at = float("-inf")
+        self._meta_steps = 0
         self._run: RunView | None = None
         self._module_cache: dict[str | None, str] = {None: "null"}
         self._write_file(META, self._meta)
@@ -370,9 +376,15 @@ class SessionWriter(Observer):
             self._modules_written_at = record.time
             self._write_modules()
         # the process group may appear after tracking started (Lightning's fit() creates it),
-        # and the predictions are made once the first step has shown the batch
+        # and the predictions are made once the first step has shown the batch: looked at on
+        # the first steps, then at most once per META_INTERVAL (reading the run's facts and the
+        # ranks costs ~15 us), and at the end
         run = self._run
-        if run is not None:
+        self._meta_steps += 1
+        if run is not None and (
+            self._meta_steps <= 2 or record.time - self._meta_checked_at >= META_INTERVAL
+        ):
+            self._meta_checked_at = record.time
             self.update_meta(**_run_meta(run.info, run.predicted))
 
     def on_event(self, event: Event) -> None:
@@ -404,6 +416,7 @@ class SessionWriter(Observer):
                 if self._pending is not None:
                     self._write_window(self._pending)
             if run is not None:
+                self.update_meta(**_run_meta(run.info, run.predicted))
                 self._write_modules(run)
             payload = _end_payload(run, exc, self.clock(), self._session_peak)
         finally:  # the thread stops and the summary is written, interrupted or not

@@ -27,7 +27,7 @@ from profiler.tracking.history import History
 from profiler.tracking.hooks import HookSet
 from profiler.tracking.known import KnownTensors
 from profiler.tracking.options import Options, device_filter
-from profiler.tracking.phases import TENSOR_HOOKS, PhaseTracker, is_compiling
+from profiler.tracking.phases import TENSOR_HOOKS, PhaseTracker, graph_task_id, is_compiling
 from profiler.tracking.sharding import ShardWatch
 from profiler.tracking.state import INCL, INCL_MAX, OWN, OWN_MAX, EngineState, Mode
 
@@ -37,7 +37,7 @@ __all__ = ["MODULE_SAMPLE_EVERY", "Engine"]
 #: running the exact strategy for that step; the other steps have hooks on the root module and
 #: the optimizer only. 0: fast mode's own module hooks on every step (counter reads per module
 #: where the counter is cheap), as without a model.
-MODULE_SAMPLE_EVERY = 100
+MODULE_SAMPLE_EVERY = 1000
 
 #: Hook groups: the strategy's global module hooks (swapped by a hunt), and the rest.
 _MODULE_HOOKS = "module"
@@ -69,6 +69,8 @@ class Engine:
         self._hunt_steps_left = 0
         self._optimizer_depth = 0
         self._grads_claimed = False
+        #: A parameter's gradient hook marks backward starts (fast mode, after a full claim).
+        self._starts_hooked = False
         self.phases.register_user_hooks(on_backward_end=self._backward_ended)
 
     # ------------------------------------------------------------------ enter and exit
@@ -90,6 +92,7 @@ class Engine:
         self.phases.reset()
         self.capture.reset()
         self._optimizer_depth = 0
+        self._starts_hooked = False
         state.thread = threading.get_ident()  # hooks count this thread's work only
         state.start_time = time.time()
         state.step_start = time.perf_counter()
@@ -108,6 +111,7 @@ class Engine:
                     state.module_every = MODULE_SAMPLE_EVERY
                     state.module_frames = True
                     self.strategy = self.exact
+            self.known.lean_grads = self.phases.defer_end = self.strategy is self.fast
             self._install(model)
             self.capture.attach()
             if options.history:
@@ -171,6 +175,7 @@ class Engine:
         state = self.state
         try:
             if state.active:
+                self.phases.finish_backward()
                 self.known.scan_kv_caches()
                 self.known.scan_optimizers()
                 self.history.sample()
@@ -203,8 +208,8 @@ class Engine:
                 _MAIN_HOOKS,
                 model.register_forward_hook(self._root_post, with_kwargs=True, always_call=True),
             )
-            # Exact mode claims gradients as each one lands; fast mode once, at the backward's
-            # end (one scan instead of a Python call per parameter).
+            # Exact mode claims gradients as each one lands; fast mode once per step, at the
+            # backward's end (a full claim on sampled steps, else the O(1) gradient pool).
             for param in self.known.trainable_params(model):
                 if self.state.mode is Mode.EXACT:
                     hooks.add(
@@ -284,8 +289,9 @@ class Engine:
         if is_compiling():
             return None  # traced by torch.compile: stay out of the graph (no graph break)
         try:
-            if self.strategy is self.fast and torch.is_grad_enabled():
-                # fast mode's one backward hook: the root output's gradient starts the backward
+            if self.strategy is self.fast and torch.is_grad_enabled() and not self._starts_hooked:
+                # fast mode's backward hook until a parameter is hooked for good: the root
+                # output's gradient starts the backward
                 self.exact.hook_first(self.state.module_name(module), output, starting=True)
             self.known.observe_output(output)
             if not self.state.module_stack:
@@ -293,6 +299,27 @@ class Engine:
         except Exception as error:
             self.guard.fail(Part.KV_CACHE, error)
         return None
+
+    def _hook_backward_starts(self) -> None:
+        """Fast mode's lean steps: hook the parameter whose gradient comes first, once (no
+        per-step tensor hook); its gradient's arrival marks each backward's start."""
+        if self._starts_hooked or self.state.model is None:
+            return
+        ref = self.known.gradients.first_landing
+        param = ref() if ref is not None else None
+        if param is None:
+            return
+        self.hooks.add(_MAIN_HOOKS, param.register_post_accumulate_grad_hook(self._backward_seen))
+        self._starts_hooked = True
+
+    def _backward_seen(self, param: torch.Tensor) -> None:
+        if Part.GRADIENT_HOOKS in self.guard.disabled or not self.state.active:
+            return
+        try:
+            if self.state.phase is not Phase.BACKWARD and graph_task_id() != -1:
+                self.phases.enter_backward()
+        except Exception as error:
+            self.guard.fail(Part.GRADIENT_HOOKS, error)
 
     def _grad_landed(self, param: torch.Tensor) -> None:
         if Part.GRADIENT_HOOKS in self.guard.disabled:
@@ -311,6 +338,8 @@ class Engine:
         if self.state.mode is Mode.FAST and not self._grads_claimed:
             self.known.claim_model_grads()
             self._grads_claimed = True  # one claim per step
+            if self.strategy is self.fast:
+                self._hook_backward_starts()
         self.exact.close_backward_frames()
 
     # ------------------------------------------------------------------ optimizer and steps
@@ -363,6 +392,7 @@ class Engine:
         if not self.state.active:
             raise TrackingError("mem.step() outside the `with track_memory(...)` block")
         self.known.scan_kv_caches(once=True)  # what a forward's end walked is not walked again
+        self.phases.finish_backward()
         self.end_step()
 
     def end_step(self, phase: Phase | None = None) -> None:
@@ -370,7 +400,8 @@ class Engine:
         state = self.state
         now = time.perf_counter()
         record = self.history.record_step(phase, now)
-        self.fold_step_modules()
+        if self.strategy is self.exact or not state.module_every:
+            self.fold_step_modules()  # (fast mode's lean steps see no module)
         self.hooks.remove(TENSOR_HOOKS)
         self.capture.reattach()
         state.step += 1
@@ -437,6 +468,9 @@ class Engine:
         else:
             self.exact.stop()
         self.strategy = strategy
+        self.known.lean_grads = self.phases.defer_end = strategy is self.fast
+        if strategy is self.fast:
+            self._hook_backward_starts()
         self._install_module_hooks(strategy)
         self.history.split_now = self._split_for(strategy)
 

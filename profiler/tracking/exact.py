@@ -64,6 +64,7 @@ _RESIZE_OPS = frozenset(
 _LIFT_OPS = frozenset(id(op) for op in (_aten.lift_fresh.default, _aten.lift_fresh_copy.default))
 Tensor = torch.Tensor
 _BACKWARD = Phase.BACKWARD
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 class ExactStrategy:
@@ -362,6 +363,35 @@ def _optimized_module_class() -> type | None:
     return getattr(eval_frame, "OptimizedModule", None) if eval_frame is not None else None
 
 
+try:  # dynamo's per-code frame strategy (C, no import of torch._dynamo)
+    from torch._C._dynamo.eval_frame import (
+        _FrameAction,
+        _FrameExecStrategy,
+        set_code_exec_strategy,
+    )
+
+    _CAN_SKIP_CODE = True
+except ImportError:  # pragma: no cover - an older torch: torch's own wrapper is kept
+    _CAN_SKIP_CODE = False
+
+
+def _skip_dynamo_in(cls: type) -> None:
+    """Tell dynamo never to trace ``cls``'s methods nor anything they call.
+
+    A dispatch mode's ``__torch_dispatch__`` runs wherever an op runs, also inside a frame that
+    dynamo is compiling (an op that breaks the graph runs eagerly there): dynamo must not trace
+    gpumem's code. torch wraps the method in ``torch._dynamo.disable`` for that; marking the
+    code objects as skipped, recursively, does the same without a wrapper call per op.
+    """
+    if not _CAN_SKIP_CODE:
+        return
+    strategy = _FrameExecStrategy(_FrameAction.SKIP, _FrameAction.SKIP)
+    for value in vars(cls).values():
+        code = getattr(value, "__code__", None)
+        if code is not None:
+            set_code_exec_strategy(code, strategy)
+
+
 class _LedgerMode(TorchDispatchMode):
     """Charges every storage an op creates or touches to the ledger (exact mode's hot path).
 
@@ -370,6 +400,13 @@ class _LedgerMode(TorchDispatchMode):
     (or came from elsewhere) and are charged as other. Views and in-place results share a known
     storage and cost one dict lookup.
     """
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """Whether torch wraps ``__torch_dispatch__`` in dynamo's ``disable`` (about 5 us an
+        op): not where dynamo can be told to skip this class's code instead (at no cost per
+        op; :func:`_skip_dynamo_in`)."""
+        return not _CAN_SKIP_CODE
 
     @classmethod
     def ignore_compile_internals(cls) -> bool:
@@ -413,18 +450,24 @@ class _LedgerMode(TorchDispatchMode):
         try:
             if self.state.phase is not _BACKWARD and graph_task_id() != -1:
                 self.strategy.phases.enter_backward()
-            if self.skip_fake is not None and _on_fake(out, self.skip_fake):
+            skip_fake = self.skip_fake
+            if skip_fake is not None and (
+                isinstance(out, skip_fake)
+                or (not isinstance(out, Tensor) and _on_fake(out, skip_fake))
+            ):
                 return out
             if self.comm_ops and id(func) in self.comm_ops:
                 self.strategy.shards.collective(func, args)
             entries = self.entries
             wanted = self.wanted
             ledger = self.ledger
+            # The storage lookup comes first: a known storage is a wanted one (only wanted
+            # tensors are charged), so the device check runs for unseen storages only.
             for arg in args:
                 if isinstance(arg, Tensor):
                     if (
-                        (wanted is None or wanted(arg))
-                        and arg.untyped_storage()._cdata not in entries
+                        arg.untyped_storage()._cdata not in entries
+                        and (wanted is None or wanted(arg))
                         and id(func) not in _LIFT_OPS
                     ):
                         ledger.add_tensor(arg, OTHER)
@@ -432,26 +475,31 @@ class _LedgerMode(TorchDispatchMode):
                     for item in arg:
                         if (
                             isinstance(item, Tensor)
-                            and (wanted is None or wanted(item))
                             and item.untyped_storage()._cdata not in entries
+                            and (wanted is None or wanted(item))
                         ):
                             ledger.add_tensor(item, OTHER)
             if isinstance(out, Tensor):
-                if wanted is None or wanted(out):
-                    if out.untyped_storage()._cdata not in entries:
-                        cat = TEMPORARIES
-                        if id(func) in _CAST_OPS and ledger.category_of(args[0]) == WEIGHTS:
-                            cat = WEIGHTS  # autocast's copy of a weight scales with the weights
-                        ledger.add_tensor(out, cat)
-                    elif id(func) in _RESIZE_OPS or (kwargs and "out" in kwargs):
+                storage = out.untyped_storage()
+                if storage._cdata in entries:
+                    if id(func) in _RESIZE_OPS or (kwargs and "out" in kwargs):
                         ledger.resize(out)
+                elif wanted is None or wanted(out):
+                    cat = TEMPORARIES
+                    if id(func) in _CAST_OPS and ledger.category_of(args[0]) == WEIGHTS:
+                        cat = WEIGHTS  # autocast's copy of a weight scales with the weights
+                    if type(out) in _PLAIN:
+                        ledger._add(storage, out, cat)  # (add_tensor, less its second lookup)
+                    else:
+                        ledger.add_tensor(out, cat)
             elif type(out) is tuple or type(out) is list:
                 for item in out:
-                    if isinstance(item, Tensor) and (wanted is None or wanted(item)):
-                        if item.untyped_storage()._cdata not in entries:
+                    if isinstance(item, Tensor):
+                        if item.untyped_storage()._cdata in entries:
+                            if kwargs and "out" in kwargs:
+                                ledger.resize(item)
+                        elif wanted is None or wanted(item):
                             ledger.add_tensor(item, TEMPORARIES)
-                        elif kwargs and "out" in kwargs:
-                            ledger.resize(item)
         except torch.OutOfMemoryError:
             raise
         except (RuntimeError, NotImplementedError, TypeError):
@@ -476,6 +524,9 @@ class _LedgerMode(TorchDispatchMode):
             raise
         except Exception as exc:
             self.strategy.guard.fail(Part.EXACT_LEDGER, exc)
+
+
+_skip_dynamo_in(_LedgerMode)
 
 
 class _BackwardMark:

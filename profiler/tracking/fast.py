@@ -5,6 +5,12 @@ since the block began, less the known tensors' growth, is the residual: activati
 forward and backward, temporaries elsewhere. The counter is CUDA's caching allocator on CUDA and
 glibc's heap (``mallinfo2``) on CPU. Per-module boundary reads are made only where one read is
 cheap (always on CUDA; ``mallinfo2`` walks the heap and can take 30 us in a big process).
+
+Per step on lean steps (no global module hooks): four counter reads (forward start and end,
+backward end, step end), one gradient claim (:mod:`~profiler.tracking.gradients`), no tensor hook
+(a parameter hooked once marks backward starts), no callback queued on autograd's engine (the
+backward's end is taken at the next boundary); nothing that grows with the parameter or module
+count.
 """
 
 from __future__ import annotations
@@ -65,6 +71,8 @@ class FastStrategy:
         self.other_base = 0
         self.offset = 0
         self.peak_base = 0
+        self._total = 0
+        self._no_peak = False
 
     # ------------------------------------------------------------------ setup
 
@@ -74,7 +82,9 @@ class FastStrategy:
         self.known_base = sum(state.ledger.current)
         self.read_counter = self._make_counter()
         counter = self.read_counter
-        self.read_current = getattr(counter, "current_only", None) or (lambda: counter()[0])
+        only = getattr(counter, "current_only", None)
+        self._no_peak = only is not None  # a counter without a peak: read its current alone
+        self.read_current = only or (lambda: counter()[0])
         self.counter_base, peak = counter()
         self.peak_base = peak or 0
         state.module_frames = state.on_cuda or self._counter_cost() < MODULE_READ_BUDGET
@@ -134,35 +144,48 @@ class FastStrategy:
 
     def read(self) -> int:
         """Read the counter, keep the peaks and frames up to date; the total now."""
-        current, peak = self.read_counter()
+        self.split()
+        return self._total
+
+    def split(self) -> list[int]:
+        """Read the counter: the bytes per category now, with the peaks and frames kept.
+
+        One counter read and one split per call (the hot path of every fast-mode sample).
+        """
+        if self._no_peak:
+            current, peak = self.read_current(), None
+        else:
+            current, peak = self.read_counter()
+        state = self.state
+        ledger = state.ledger
+        split = ledger.current[:]
+        residual = current - self.counter_base - (sum(split) - self.known_base)
+        split[OTHER] += self.other_base
+        growing = state.phase in _GROWING
+        if residual > 0:
+            split[ACTIVATIONS if growing else TEMPORARIES] += residual
         offset = self.offset
-        total = current + offset
-        ledger = self.state.ledger
+        total = self._total = current + offset
         if total > ledger.window_peak:
-            ledger.observe_total(total, self.split_of(current))
-        elif ledger.frames and total > ledger.frames[-1]:
-            ledger.frames[-1] = total
+            ledger.observe_total(total, split)  # (each category's peak too)
+        else:
+            frames = ledger.frames
+            if frames and total > frames[-1]:
+                frames[-1] = total
+            category_peak = ledger.category_peak
+            for i, value in enumerate(split):
+                if value > category_peak[i]:
+                    category_peak[i] = value
+                    ledger.category_peak_seq[i] = ledger.seq
         if peak is not None and peak > self.peak_base:
             # The allocator saw a peak between two boundaries: attribute its excess over the
             # current split to the phase in flight.
             self.peak_base = peak
             peak_total = peak + offset
             if peak_total > ledger.window_peak:
-                split = self.split_of(current)
-                growing = self.state.phase in _GROWING
-                split[ACTIVATIONS if growing else TEMPORARIES] += max(peak - current, 0)
-                ledger.observe_total(peak_total, split)
-        return total
-
-    def split(self) -> list[int]:
-        """The bytes per category now (and their effect on each category's peak)."""
-        current = self.read() - self.offset
-        split = self.split_of(current)
-        ledger = self.state.ledger
-        for i, value in enumerate(split):
-            if value > ledger.category_peak[i]:
-                ledger.category_peak[i] = value
-                ledger.category_peak_seq[i] = ledger.seq
+                at_peak = split[:]
+                at_peak[ACTIVATIONS if growing else TEMPORARIES] += max(peak - current, 0)
+                ledger.observe_total(peak_total, at_peak)
         return split
 
     # ------------------------------------------------------------------ module hooks

@@ -21,16 +21,19 @@ from profiler.records import (
     Sample,
     StepRecord,
 )
+from profiler.run import Observer
 from profiler.tracking.guard import Guard, Part
 from profiler.tracking.state import EngineState
 
-__all__ = ["MAX_EVENTS", "BoundedLog", "History"]
+__all__ = ["MAX_EVENTS", "BoundedLog", "History", "ObserverList"]
 
 #: Events kept in memory (the session stream on disk has them all).
 MAX_EVENTS = 10_000
 #: NVML is read at most this often (seconds): a query costs tens of microseconds.
 _NVML_INTERVAL = 0.5
 _PHASES = {str(phase.value): phase for phase in Phase}
+#: Distinct per-category splits held for the records (:meth:`History.interned`).
+_MAX_SPLITS = 1024
 
 
 def sample_record(sample: tuple[Any, ...]) -> Sample:
@@ -58,6 +61,52 @@ class BoundedLog:
             self.items = items[:half:2] + items[half:]
 
 
+class ObserverList(list):  # type: ignore[type-arg]
+    """The observers, a list that counts its changes (the fan-out caches bound methods)."""
+
+    __slots__ = ("version",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.version = 0
+
+    def append(self, item: Any) -> None:
+        super().append(item)
+        self.version += 1
+
+    def remove(self, item: Any) -> None:
+        super().remove(item)
+        self.version += 1
+
+    def insert(self, index: Any, item: Any) -> None:
+        super().insert(index, item)
+        self.version += 1
+
+    def extend(self, items: Any) -> None:
+        super().extend(items)
+        self.version += 1
+
+    def pop(self, index: Any = -1) -> Any:
+        self.version += 1
+        return super().pop(index)
+
+    def clear(self) -> None:
+        super().clear()
+        self.version += 1
+
+    def __setitem__(self, index: Any, item: Any) -> None:
+        super().__setitem__(index, item)
+        self.version += 1
+
+    def __delitem__(self, index: Any) -> None:
+        super().__delitem__(index)
+        self.version += 1
+
+    def __iadd__(self, items: Any) -> ObserverList:  # type: ignore[misc]
+        self.extend(items)
+        return self
+
+
 class History:
     """Samples, steps and events of one block, and the observers they are fanned out to."""
 
@@ -67,11 +116,15 @@ class History:
         self.samples = BoundedLog(max_samples)
         self.steps = BoundedLog(max_steps)
         self.events: list[Event] = []
-        self.observers: list[Any] = []
+        self.observers: ObserverList = ObserverList()
+        #: method name -> (observer, bound method) pairs, valid for one observers.version
+        self._handlers: dict[str, list[tuple[Any, Callable[..., Any]]]] = {}
+        self._handlers_version = -1
         #: The active strategy's split of the bytes now, per category (set by the engine).
         self.split_now: Callable[[], list[int]] = lambda: state.ledger.current[:]
         #: What observers are handed as the run (the facade, a :class:`~profiler.run.TrackedRun`).
         self.run: Any = None
+        self._splits: dict[tuple[int, ...], tuple[int, ...]] = {}
         self.last_nvml: NvmlReading | None = None
         self._last_nvml_time = 0.0
 
@@ -88,18 +141,24 @@ class History:
             allocator, nvml = self.allocator_reading(), self.nvml_reading()
         else:
             allocator = nvml = None
+        stack = state.module_stack
+        split_tuple = tuple(split)
+        splits = self._splits
+        held = splits.get(split_tuple)
+        if held is None:
+            held = self.interned(split_tuple)
         sample = (
             time.time(),
             state.step,
-            (phase or state.phase).value,
-            state.innermost_module(),
-            tuple(split),
+            (phase or state.phase)._value_,  # the plain string (``.value`` is a property)
+            stack[-1] if stack else state.ledger.module,  # (state.innermost_module())
+            held,
             sum(split),
             allocator,
             nvml,
         )
         self.samples.append(sample)
-        if self.observers:
+        if self.observers and self.handlers("on_sample"):
             self.notify("on_sample", sample_record(sample))
         return sample
 
@@ -115,7 +174,7 @@ class History:
             bytes=sample[4],
             total=sample[5],
             peak=step_peak,
-            peak_bytes=peak_bytes,
+            peak_bytes=self.interned(peak_bytes),
         )
         # No event per step: observers get the record itself (``on_step``); an event a step
         # would be one more long-lived object for the garbage collector to walk.
@@ -124,6 +183,23 @@ class History:
             + (record.peak, record.peak_bytes)
         )
         return record
+
+    def interned(self, split: tuple[int, ...]) -> tuple[int, ...]:
+        """One tuple per distinct split, held here (a long-lived object).
+
+        The garbage collector untracks a tuple of atoms when it examines it, and a record tuple
+        only if the split inside was untracked first. A split referenced only by its record is
+        examined after it (the collector moves it behind its referrer), so a quarter of the
+        records stayed tracked; held here, the split is examined first, and a steady run
+        repeats a few splits.
+        """
+        cache = self._splits
+        found = cache.get(split)
+        if found is None:
+            if len(cache) >= _MAX_SPLITS:
+                cache.clear()
+            found = cache[split] = split
+        return found
 
     def sample_records(self) -> list[Sample]:
         """The samples kept, as records."""
@@ -190,10 +266,36 @@ class History:
         if started:
             self.call(observer, "on_start", self.run)
 
+    def handlers(self, method: str) -> list[tuple[Any, Callable[..., Any]]]:
+        """The observers that have ``method``, with it bound (cached until the list changes).
+
+        :class:`~profiler.run.Observer`'s own empty methods are left out: a run whose observers
+        take no samples builds no sample records.
+        """
+        if self._handlers_version != self.observers.version:
+            self._handlers = {}
+            self._handlers_version = self.observers.version
+        found = self._handlers.get(method)
+        if found is None:
+            noop = getattr(Observer, method, None)
+            found = self._handlers[method] = [
+                (observer, function)
+                for observer in self.observers
+                if (function := getattr(observer, method, None)) is not None
+                and (noop is None or getattr(type(observer), method, None) is not noop)
+            ]
+        return found
+
     def notify(self, method: str, *args: Any) -> None:
         """Call ``method`` on every observer that has it."""
-        for observer in list(self.observers):
-            self.call(observer, method, *args)
+        handlers = self._handlers.get(method)
+        if handlers is None or self._handlers_version != self.observers.version:
+            handlers = self.handlers(method)
+        for observer, function in handlers:
+            try:
+                function(*args)
+            except Exception as error:
+                self._drop(observer, method, error)
 
     def call(self, observer: Any, method: str, *args: Any) -> None:
         """Call one observer; one that raises is dropped with one warning."""
@@ -203,10 +305,13 @@ class History:
         try:
             function(*args)
         except Exception as error:
-            if observer in self.observers:
-                self.observers.remove(observer)
-            self.guard.warn_once(
-                f"observer-{id(observer)}",
-                f"{type(observer).__name__}.{method} failed and was switched off "
-                f"({type(error).__name__}: {error})",
-            )
+            self._drop(observer, method, error)
+
+    def _drop(self, observer: Any, method: str, error: Exception) -> None:
+        if observer in self.observers:
+            self.observers.remove(observer)
+        self.guard.warn_once(
+            f"observer-{id(observer)}",
+            f"{type(observer).__name__}.{method} failed and was switched off "
+            f"({type(error).__name__}: {error})",
+        )

@@ -2,8 +2,9 @@
 
 Their category is known from what holds them, so both strategies charge them exactly through the
 ledger: the model's parameters and buffers at entry, gradients as they land (exact mode) or once
-per backward end (fast mode), optimizer state after each step, KV caches when the model is handed
-or returns one.
+per step (fast mode: each gradient on sampled steps, one pool in between,
+:mod:`~profiler.tracking.gradients`), optimizer state after each step, KV caches when the model
+is handed or returns one.
 
 fp32 master weights are optimizer state: a mixed-precision recipe keeps the model in bf16/fp16
 and gives the optimizer fp32 copies of its parameters (apex's and DeepSpeed's fp16 optimizers do
@@ -30,12 +31,21 @@ from profiler.ledger import (
     TEMPORARIES,
     WEIGHTS,
 )
+from profiler.tracking.gradients import GradientPool
 from profiler.tracking.state import EngineState
 
 __all__ = ["KnownTensors"]
 
 Tensor = torch.Tensor
 _HALF = (torch.bfloat16, torch.float16)
+
+
+def _param_count(optimizer: torch.optim.Optimizer) -> int:
+    """How many parameters ``optimizer``'s groups hold (per group, not per parameter)."""
+    count = 0
+    for group in optimizer.param_groups:
+        count += len(group["params"])
+    return count
 
 
 class KnownTensors:
@@ -47,6 +57,10 @@ class KnownTensors:
         self.hooked: set[int] = set()
         #: the parameters whose gradients fast mode claims at each backward end.
         self.grad_params: list[weakref.ref[torch.Tensor]] = []
+        #: fast mode's gradients between full claims; used while ``lean_grads`` (set by the
+        #: engine on fast mode's lean steps).
+        self.gradients = GradientPool()
+        self.lean_grads = False
         self._kv_refs: list[weakref.ref[Any]] = []
         #: ids of the caches walked since the last forward started (walked once per step).
         self._kv_walked: set[int] = set()
@@ -112,6 +126,7 @@ class KnownTensors:
 
     def trainable_params(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
         """The parameters that get gradients (remembered for the gradient claims)."""
+        self.gradients = GradientPool()  # a new block: the first claim is a full one
         result = []
         for param in model.parameters():
             if param.requires_grad:
@@ -124,6 +139,7 @@ class KnownTensors:
         """Forget the hooked parameters (the block ended)."""
         self.hooked.clear()
         self.grad_params.clear()
+        self.lean_grads = False  # the pool stays charged while its gradients live, as entries do
         self._opt_sizes.clear()
         self._master_optimizers.clear()
         self._kv_walked.clear()
@@ -135,21 +151,25 @@ class KnownTensors:
     # ------------------------------------------------------------------ gradients, optimizers
 
     def claim_model_grads(self) -> None:
-        """Claim every trainable parameter's gradient (fast mode, once per backward end)."""
+        """Claim the trainable parameters' gradients (fast mode, once per step).
+
+        With :attr:`lean_grads` (fast mode's lean steps) the gradients are one pool
+        (:class:`~profiler.tracking.gradients.GradientPool`: O(1) per step); otherwise, and for
+        the first claim, each gradient's storage is charged.
+        """
         ledger = self.state.ledger
-        wanted = self.state.is_wanted
-        for ref in self.grad_params:
-            param = ref()
-            grad = param.grad if param is not None else None
-            if grad is not None and wanted(grad):
-                ledger.claim(grad, GRADIENTS)
+        if self.lean_grads and self.gradients.claim(ledger):
+            return
+        self.gradients.full_claim(ledger, self.grad_params, self.state.is_wanted)
 
     def adopt_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Track ``optimizer`` from now on (one created inside the block, seen at its step)."""
         state = self.state
-        if all(ref() is not optimizer for ref in state.optimizer_refs):
-            state.optimizer_refs.append(weakref.ref(optimizer))
-            state.optimizer_class = state.optimizer_class or type(optimizer).__name__
+        for ref in state.optimizer_refs:
+            if ref() is optimizer:
+                return
+        state.optimizer_refs.append(weakref.ref(optimizer))
+        state.optimizer_class = state.optimizer_class or type(optimizer).__name__
 
     def scan_optimizers(
         self, *, grads: bool = True, opt_state: bool = True, changed_only: bool = False
@@ -164,10 +184,12 @@ class KnownTensors:
         entries = ledger.entries
         hooked = self.hooked
         wanted = state.is_wanted
-        for optimizer in state.optimizers():
+        for ref in state.optimizer_refs:
+            optimizer = ref()
+            if optimizer is None:
+                continue
             if grads and (
-                id(optimizer) in self._master_optimizers
-                or len(hooked) < sum(len(g["params"]) for g in optimizer.param_groups)
+                id(optimizer) in self._master_optimizers or len(hooked) < _param_count(optimizer)
             ):
                 for group in optimizer.param_groups:
                     for param in group["params"]:

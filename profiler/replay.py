@@ -35,8 +35,7 @@ import itertools
 import math
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -51,9 +50,9 @@ _MIN_8BIT_SIZE = 4096
 _BLOCK = 256
 
 
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    """A tensor argument's shape, dtype and whether it required gradients."""
+class TensorSpec(NamedTuple):
+    """A tensor argument's shape, dtype and whether it required gradients (a named tuple: made
+    on every root forward, so as cheap as a record can be)."""
 
     shape: tuple[int, ...]
     dtype: torch.dtype
@@ -65,14 +64,18 @@ def _spec(value: Any, seen: dict[int, TensorSpec]) -> Any:
     a tensor passed twice, ``input_ids=ids, labels=ids``, is replayed as one); raises on other
     objects."""
     if isinstance(value, torch.Tensor):
-        if id(value) not in seen:
-            seen[id(value)] = TensorSpec(tuple(value.shape), value.dtype, value.requires_grad)
-        return seen[id(value)]
+        spec = seen.get(id(value))
+        if spec is None:
+            spec = seen[id(value)] = TensorSpec(
+                tuple(value.shape), value.dtype, value.requires_grad
+            )
+        return spec
     if isinstance(value, _PLAIN):
         return value
-    if type(value) in (list, tuple):
-        return type(value)(_spec(v, seen) for v in value)
-    if type(value) is dict:
+    kind = type(value)
+    if kind is tuple or kind is list:
+        return kind(_spec(v, seen) for v in value)
+    if kind is dict:
         return {k: _spec(v, seen) for k, v in value.items()}
     raise DryRunError(f"the model's input holds a {type(value).__name__}, which is not replayed")
 
@@ -258,12 +261,20 @@ def _add_lora(model: torch.nn.Module, rank: int) -> torch.nn.Module:
     return peft.get_peft_model(model, config)
 
 
-def _output_tensors(output: Any) -> list[torch.Tensor]:
-    """The tensors of a forward's output, in pytree order (a transformers ``ModelOutput`` is a
-    pytree node)."""
-    from torch.utils._pytree import tree_leaves
-
-    return [leaf for leaf in tree_leaves(output) if isinstance(leaf, torch.Tensor)]
+def _output_tensors(output: Any, found: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """The tensors of a forward's output, depth first: in tuples, lists and mappings (a
+    transformers ``ModelOutput`` is an ordered dict of its set fields)."""
+    if found is None:
+        found = []
+    if isinstance(output, torch.Tensor):
+        found.append(output)
+    elif isinstance(output, tuple | list):
+        for item in output:
+            _output_tensors(item, found)
+    elif isinstance(output, Mapping):
+        for item in output.values():
+            _output_tensors(item, found)
+    return found
 
 
 def _loss(output: Any) -> torch.Tensor:

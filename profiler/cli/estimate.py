@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from profiler.errors import UsageError
+from profiler.records import Category
 from profiler.text import printable
 from profiler.units import format_bytes, format_gb
 
@@ -74,9 +75,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer-dtype", help="dtype of optimizer moments (default: weights')")
     parser.add_argument("--lora-rank", default="16", help="LoRA rank (default 16)")
     parser.add_argument(
+        "--formulas",
+        action="store_true",
+        help="activations and temporaries from the formulas (approximate) instead of dry runs",
+    )
+    parser.add_argument(
         "--measure-step",
         action="store_true",
-        help="measure activations and temporaries by a dry run of the real class (seconds)",
+        help="activations and temporaries by dry runs of the real class (the default)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -133,6 +139,8 @@ def check_text(args: argparse.Namespace) -> None:
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.formulas and args.measure_step:
+        raise UsageError("--formulas and --measure-step exclude each other")
     return {
         "precision": args.precision,
         "mode": args.mode,
@@ -144,7 +152,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "master_weights": args.master_weights,
         "optimizer_dtype": args.optimizer_dtype,
         "lora_rank": _whole("lora rank", args.lora_rank),
-        "measure_step": args.measure_step,
+        "measure_step": not args.formulas,
     }
 
 
@@ -161,26 +169,100 @@ def _largest(fits: Any, low: int, high: int) -> int | None:
     return low
 
 
-def limits(model: Any, options: dict[str, Any], gpu: Any) -> dict[str, int | None]:
-    """Largest batch (at the given seq) and longest seq (at the given batch) that fit on gpu."""
+def _confirmed(fits: Any, guess: int | None, low: int, high: int) -> tuple[int | None, bool]:
+    """The largest n that ``fits`` (direct dry runs), starting from the fit's ``guess``.
+
+    Returns the answer and whether the guess was it: ``fits(guess)`` and not ``fits(guess + 1)``.
+    Otherwise the bracket grows from the guess by doubling steps and is then halved, so a near
+    guess costs a few dry runs.
+    """
+    start = low if guess is None else guess
+    if fits(start):
+        if start == high or not fits(start + 1):
+            return start, guess is not None
+        step, good = 2, start + 1
+        while good + step <= high and fits(good + step):
+            good, step = good + step, step * 2
+        return _largest(fits, good, min(high, good + step - 1)), False
+    if guess is None:
+        return None, True
+    step, bad = 1, start
+    while bad - step >= low and not fits(bad - step):
+        bad, step = bad - step, step * 2
+    if bad - step < low:
+        return _largest(fits, low, bad - 1) if bad > low else None, False
+    return _largest(fits, bad - step, bad - 1), False
+
+
+#: How far a fit may miss the direct dry run at the check point: 1% or 1 MiB.
+FIT_TOLERANCE = 0.01
+_FIT_SLACK = 1 << 20
+
+
+def _fitted(base: Any) -> tuple[Any, str]:
+    """A fit of the step for the searches, checked at the asked point; (None, why) if none."""
+    from profiler.errors import ConfigError, DryRunError
+    from profiler.predict.stepmeasure import fit_step
+
+    inputs = dict(base.step_inputs)
+    config = inputs.pop("config")
+    try:
+        fit = fit_step(config, limit=base.max_positions, **inputs)
+    except (DryRunError, ConfigError) as exc:
+        return None, f"no fit ({exc.message}): searched with direct dry runs"
+    direct = (base.categories[Category.ACTIVATIONS], base.categories[Category.TEMPORARIES])
+    fitted = fit.at(base.batch, base.seq)
+    worst = max(abs(f - d) - max(d * FIT_TOLERANCE, _FIT_SLACK) for f, d in zip(fitted, direct))
+    shown = f"({base.batch},{base.seq})"
+    if worst > 0:
+        return None, (
+            f"the fit ({fit.label}) missed the dry run at {shown} by more than 1%: "
+            "searched with direct dry runs"
+        )
+    return fit, f"{fit.label}, checked against the dry run at {shown} (within 1%)"
+
+
+def limits(model: Any, options: dict[str, Any], gpu: Any) -> dict[str, Any]:
+    """Largest batch (at the given seq) and longest seq (at the given batch) that fit on gpu.
+
+    Where the step is dry-run, the searches run on a fit of six dry runs (checked against the
+    dry run at the asked point) and each answer is confirmed by direct dry runs at it (fits)
+    and one above (does not); ``search`` says how the answers were found.
+    """
     from profiler.predict.estimate import estimate
 
     base = estimate(model, **options)
     seq, batch = base.seq, base.batch
     # every source knows its limit: the real config class, a config file, a preset
     longest = base.max_positions or 1 << 22
+    fit, how = (None, base.category_sources[Category.ACTIVATIONS])
+    if base.step_inputs is not None:
+        fit, how = _fitted(base)
 
-    def batch_fits(n: int) -> bool:
-        return estimate(model, **{**options, "batch": n, "seq": seq}).fits(gpu)
+    def fits(n_batch: int, n_seq: int, fitted: bool) -> bool:
+        change = {"batch": n_batch, "seq": n_seq, "step_fit": fit if fitted else None}
+        return estimate(model, **{**options, **change}).fits(gpu)
 
-    def seq_fits(n: int) -> bool:
-        return estimate(model, **{**options, "batch": batch, "seq": n}).fits(gpu)
-
-    return {
-        "max_batch": _largest(batch_fits, 1, 1 << 16),
-        "max_seq": _largest(seq_fits, 1, longest),
-        "seq_limit": base.max_positions,
-    }
+    results: dict[str, Any] = {}
+    corrected = False
+    for key, top, probe in (
+        ("max_batch", 1 << 16, lambda n, f: fits(n, seq, f)),
+        ("max_seq", longest, lambda n, f: fits(batch, n, f)),
+    ):
+        if base.step_inputs is None:  # formulas: no dry runs to confirm with
+            results[key] = _largest(lambda n, p=probe: p(n, False), 1, top)
+            continue
+        guess = _largest(lambda n, p=probe: p(n, True), 1, top) if fit is not None else None
+        answer, held = _confirmed(lambda n, p=probe: p(n, False), guess, 1, top)
+        results[key] = answer
+        corrected = corrected or (fit is not None and not held)
+    if base.step_inputs is not None and fit is not None:
+        how += (
+            "; answers corrected by direct dry runs"
+            if corrected
+            else "; answers confirmed by direct dry runs"
+        )
+    return {**results, "seq_limit": base.max_positions, "search": how}
 
 
 def _list(out: Any, as_json: bool) -> int:
@@ -262,8 +344,8 @@ def _render(est: Any, gpus: list[Any], extra: dict[str, Any], out: Any) -> None:
             f"longest {label} at batch {est.batch}: "
             f"{extra['max_seq'] if extra['max_seq'] is not None else 'none fits'}"
             + (f" (the model's limit is {extra['seq_limit']})" if extra.get("seq_limit") else "")
-            + ("; activations in the search: formulas" if extra.get("search_activations") else "")
             + "\n"
+            + f"  search: {extra['search']}\n"
         )
 
 
@@ -288,11 +370,7 @@ def run(args: argparse.Namespace) -> int:
         gpus.append(spec)
     extra: dict[str, Any] = {}
     if spec is not None:
-        # the search runs dozens of estimates: a dry run each would take minutes
-        search = {**options, "gpu": spec, "measure_step": False}
-        extra = {"gpu": spec.name, **limits(model, search, spec)}
-        if options["measure_step"]:
-            extra["search_activations"] = "approximate (formulas)"
+        extra = {"gpu": spec.name, **limits(model, {**options, "gpu": spec}, spec)}
     if args.json:
         data = est.to_dict(gpus)
         if extra:

@@ -1,17 +1,21 @@
-"""Activations and temporaries measured by a dry run of the real class at the asked size.
+"""Activations and temporaries of one step, measured by a dry run of the real class.
 
-Opt-in (``estimate(..., measure_step=True)``, ``gpumem estimate --measure-step``): the config's
-model is built by transformers under :func:`profiler.dryrun.dry_run` (fake tensors: no memory)
-and two steps run through the exact ledger at the requested batch and sequence length: a
-training step (forward with labels, backward, the optimizer's step) or an inference prefill
-(``no_grad`` forward with the model's cache). Each category's own peak is read.
+The default of :func:`~profiler.predict.estimate.estimate` for a config transformers knows: the
+config's model is built by transformers under :func:`profiler.dryrun.dry_run` (fake tensors: no
+memory) and two steps run through the exact ledger: a training step (forward with labels,
+backward, the optimizer's real step: AdamW, the 8-bit AdamW's layout, Adafactor or SGD) or an
+inference prefill (``no_grad`` forward with the model's cache). Each category's own peak is read.
 
-The step is measured at the asked point, not fitted from small ones: peaks are maxima of
-several terms (logits against optimizer scratch, for instance), so a fit from small sizes can
-pick the wrong term. Depth is what is scaled: where the layers repeat (see
-:mod:`profiler.predict.measured`), 1, 2 and 3 layers are dry-run and each figure must grow by
-the same amount per layer, or the whole model is dry-run. Which experts a token reaches
-depends on values fake tensors do not have, so MoE models raise
+Depth is scaled: where the layers repeat (see :mod:`profiler.predict.measured`), 1, 2 and 3
+layers are dry-run and each figure must grow by the same amount per layer, or the whole model is
+dry-run. A dry run costs the same at any size (fake tensors hold no data), so the asked point is
+measured directly. The ``--gpu`` searches run dozens of sizes: there :func:`fit_step` dry-runs
+six (batch, seq) points and solves for each category in the terms the model's code makes
+(``1, B, S, B·S, S², B·S²``: weights-sized scratch, per-row buffers, rotary tables, every
+``B × S × width`` activation, masks and eager attention scores), the forward/backward and the
+optimizer step measured apart since a peak is the larger of the two; the searches check the fit
+and confirm their answers with direct dry runs (:mod:`profiler.cli.estimate`). Which experts a
+token reaches depends on values fake tensors do not have, so MoE models raise
 :class:`~profiler.errors.DryRunError` (the estimate keeps its formulas then, and says so).
 """
 
@@ -19,6 +23,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
+from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
@@ -26,12 +32,24 @@ from profiler.errors import ConfigError, DryRunError
 from profiler.predict.measured import _PRESET_KEYS, _quiet, _truncated, scalable_layers
 from profiler.records import CATEGORIES, Category
 
-__all__ = ["STEP_SOURCE", "measure_step"]
+__all__ = ["FIT_TERMS", "STEP_SOURCE", "StepFit", "fit_step", "measure_step"]
 
 #: How an estimate labels the figures this module measures.
 STEP_SOURCE = "measured (dry run of the real class on fake tensors)"
+#: The terms a fit solves for, in (batch B, sequence S).
+FIT_TERMS = ("1", "B", "S", "B·S", "S²", "B·S²")
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-_OPTIMIZERS = ("adamw", "sgd", "adafactor")
+_OPTIMIZERS = ("adamw", "adamw-8bit", "sgd", "adafactor")
+#: Attention implementations the dry run builds (flash attention runs as sdpa: neither keeps
+#: the S × S scores, and flash kernels do not exist on the CPU).
+_ATTENTION = {"sdpa": "sdpa", "flash": "sdpa", "eager": "eager"}
+#: The fit's longest sequence (or the model's limit) and its batches: two batches at each of
+#: three lengths, large enough to be past the small sizes where weight-sized transients (the
+#: head's gradient, for instance) still outweigh the activation-sized ones.
+_FIT_SEQ = 8192
+_FIT_BATCHES = (1, 2)
+#: The sequence length at which the optimizer step's own peak is measured.
+_FLOOR_SEQ = 8
 
 
 def measure_step(
@@ -45,12 +63,15 @@ def measure_step(
     checkpointing: bool,
     lora_rank: int = 16,
     lora_targets: str = "all-linear",
+    attention: str = "sdpa",
+    optimizer_step: bool = True,
 ) -> tuple[int, int]:
     """The own peaks of activations and temporaries of one step, in bytes (CUDA rounding).
 
+    ``optimizer_step=False`` runs a training step without the optimizer (forward and backward).
+
     Raises:
-        DryRunError: the step cannot run on fake tensors (MoE routing, for instance), or the
-            optimizer cannot be built here (8-bit optimizers need bitsandbytes and CUDA).
+        DryRunError: the step cannot run on fake tensors (MoE routing, for instance).
         ConfigError: the config cannot be built.
     """
     if mode in ("train", "lora") and optimizer not in _OPTIMIZERS:
@@ -59,11 +80,29 @@ def measure_step(
         raise DryRunError(f"a {mode} step in {precision} is not dry-run")
     cleaned = {k: v for k, v in config.items() if k not in _PRESET_KEYS}
     key = json.dumps(cleaned, sort_keys=True)
-    args = (mode, optimizer, batch, seq, precision, checkpointing, lora_rank, lora_targets)
-    return _cached(key, args)
+    stepped = optimizer_step and mode != "inference"
+    args = (
+        mode,
+        optimizer if stepped else None,
+        batch,
+        seq,
+        precision,
+        checkpointing and mode != "inference",
+        lora_rank,
+        lora_targets,
+        _ATTENTION.get(attention, "sdpa"),
+    )
+    figures = _cached(key, args)
+    if not stepped:
+        return figures
+    # the optimizer's own peak grows with depth while the forward/backward's may not: where a
+    # 1-3 layer step peaks in backward, the whole model's can peak in the optimizer step, so
+    # the step is also measured where backward is negligible (one row of _FLOOR_SEQ tokens)
+    floor = _cached(key, (*args[:2], 1, _FLOOR_SEQ, *args[4:]))
+    return max(figures[0], floor[0]), max(figures[1], floor[1])
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=256)
 def _cached(key: str, args: tuple[Any, ...]) -> tuple[int, int]:
     cfg = json.loads(key)
     scaled = scalable_layers(cfg)
@@ -80,13 +119,14 @@ def _cached(key: str, args: tuple[Any, ...]) -> tuple[int, int]:
 def _run(
     cfg: dict[str, Any],
     mode: str,
-    optimizer: str,
+    optimizer: str | None,
     batch: int,
     seq: int,
     precision: str,
     checkpointing: bool,
     lora_rank: int,
     lora_targets: str,
+    attention: str,
 ) -> tuple[int, int]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -98,7 +138,7 @@ def _run(
     config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
 
     def build() -> Any:
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention)
         if any(name.endswith("experts") for name, _ in model.named_modules()):
             raise DryRunError("MoE routing depends on values fake tensors do not have")
         if mode == "inference":
@@ -108,6 +148,8 @@ def _run(
             model.gradient_checkpointing_enable()
         if mode == "lora":
             model = _with_adapters(model, lora_rank, lora_targets)
+        if optimizer is None:
+            return model, None
         trainable = [p for p in model.parameters() if p.requires_grad]
         return model, _optimizer(optimizer, trainable)
 
@@ -118,12 +160,16 @@ def _run(
                 model(input_ids=ids, use_cache=True)
             return
         model(input_ids=ids, labels=ids).loss.backward()
+        if opt is None:
+            model.zero_grad(set_to_none=True)
+            return
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     with _quiet():
         try:
-            run = dry_run(build, step, steps=2, device="cuda")
+            # two steps where an optimizer's state appears in the first, else one is the same
+            run = dry_run(build, step, steps=1 if optimizer is None else 2, device="cuda")
         except (DryRunError, ConfigError):
             raise
         except Exception as exc:  # noqa: BLE001 - transformers refusing the config
@@ -141,6 +187,10 @@ def _optimizer(name: str, params: list[Any]) -> Any:
         from transformers.optimization import Adafactor
 
         return Adafactor(params, lr=1e-3, relative_step=False, scale_parameter=False)
+    if name == "adamw-8bit":
+        from profiler.replay import Adam8bitLayout  # bitsandbytes' state, without CUDA
+
+        return Adam8bitLayout(params)
     return torch.optim.AdamW(params, lr=1e-3)
 
 
@@ -160,3 +210,77 @@ def _with_adapters(model: Any, rank: int, targets: str) -> Any:
         raise DryRunError("a LoRA step needs peft (pip install peft)") from None
     config = peft.LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=_LORA_TARGETS[targets])
     return peft.get_peft_model(model, config)
+
+
+# -- the fit -----------------------------------------------------------------------------------
+
+
+def _terms(batch: int, seq: int) -> tuple[int, ...]:
+    return (1, batch, seq, batch * seq, seq * seq, batch * seq * seq)
+
+
+@dataclass(frozen=True, slots=True)
+class StepFit:
+    """Activations and temporaries as functions of (batch, seq), solved from six dry runs.
+
+    ``coefficients`` holds, per category (activations, temporaries), one exact fraction per
+    :data:`FIT_TERMS` term for the forward and backward; ``floor`` is the optimizer step's own
+    peak per category (0 in inference), which the step's peak is never below.
+    """
+
+    points: tuple[tuple[int, int], ...]
+    coefficients: tuple[tuple[Fraction, ...], tuple[Fraction, ...]]
+    floor: tuple[int, int]
+
+    def at(self, batch: int, seq: int) -> tuple[int, int]:
+        """The fitted (activations, temporaries) bytes at ``batch`` rows of ``seq`` tokens."""
+        terms = _terms(batch, seq)
+        values = (round(sum(c * t for c, t in zip(co, terms, strict=True))) for co in self.coefficients)
+        return tuple(max(int(v), 0, f) for v, f in zip(values, self.floor, strict=True))  # type: ignore[return-value]
+
+    @property
+    def label(self) -> str:
+        """How an output names figures from this fit."""
+        shown = ", ".join(f"({b},{s})" for b, s in self.points)
+        return f"fitted from dry runs at (batch,seq) {shown}"
+
+
+def fit_step(config: Mapping[str, Any], *, limit: int | None = None, **step: Any) -> StepFit:
+    """Dry-run six (batch, seq) points and solve each category for :data:`FIT_TERMS`.
+
+    Args:
+        config: the transformers config.
+        limit: the model's longest context: the points stay within it.
+        step: :func:`measure_step`'s other keywords (mode, optimizer, precision, ...).
+
+    Raises:
+        DryRunError, ConfigError: as :func:`measure_step`.
+    """
+    longest = min(limit or _FIT_SEQ, _FIT_SEQ)
+    if longest < 3:
+        raise DryRunError(f"a context limit of {longest} is too short to fit")
+    unit = 256 if longest >= 768 else 1  # whole CUDA blocks: no rounding in the terms
+    seqs = tuple(longest * k // 3 // unit * unit for k in (1, 2, 3))
+    points = tuple((b, s) for s in seqs for b in _FIT_BATCHES)
+    step = {k: v for k, v in step.items() if k not in ("batch", "seq")}
+    forward = [measure_step(config, batch=b, seq=s, optimizer_step=False, **step) for b, s in points]
+    rows = [_terms(b, s) for b, s in points]
+    coefficients = tuple(_solve(rows, [v[i] for v in forward]) for i in (0, 1))
+    floor = (0, 0)
+    if step.get("mode") != "inference":  # the optimizer step's own peak (see measure_step)
+        floor = measure_step(config, batch=1, seq=_FLOOR_SEQ, **step)
+    return StepFit(points, coefficients, floor)  # type: ignore[arg-type]
+
+
+def _solve(rows: list[tuple[int, ...]], values: list[int]) -> tuple[Fraction, ...]:
+    """The exact solution of the square system ``rows · x = values`` (Gauss-Jordan)."""
+    n = len(rows)
+    matrix = [[Fraction(v) for v in row] + [Fraction(y)] for row, y in zip(rows, values, strict=True)]
+    for col in range(n):
+        pivot = next(r for r in range(col, n) if matrix[r][col] != 0)
+        matrix[col], matrix[pivot] = matrix[pivot], matrix[col]
+        for r in range(n):
+            if r != col and matrix[r][col] != 0:
+                factor = matrix[r][col] / matrix[col][col]
+                matrix[r] = [a - factor * b for a, b in zip(matrix[r], matrix[col], strict=True)]
+    return tuple(matrix[i][n] / matrix[i][i] for i in range(n))

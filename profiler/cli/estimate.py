@@ -194,13 +194,8 @@ def _confirmed(fits: Any, guess: int | None, low: int, high: int) -> tuple[int |
     return _largest(fits, bad - step, bad - 1), False
 
 
-#: How far a fit may miss the direct dry run at the check point: 1% or 1 MiB.
-FIT_TOLERANCE = 0.01
-_FIT_SLACK = 1 << 20
-
-
 def _fitted(base: Any) -> tuple[Any, str]:
-    """A fit of the step for the searches, checked at the asked point; (None, why) if none."""
+    """A fit of the step for the searches, where it holds at its check point; else (None, why)."""
     from profiler.errors import ConfigError, DryRunError
     from profiler.predict.stepmeasure import fit_step
 
@@ -210,16 +205,9 @@ def _fitted(base: Any) -> tuple[Any, str]:
         fit = fit_step(config, limit=base.max_positions, **inputs)
     except (DryRunError, ConfigError) as exc:
         return None, f"no fit ({exc.message}): searched with direct dry runs"
-    direct = (base.categories[Category.ACTIVATIONS], base.categories[Category.TEMPORARIES])
-    fitted = fit.at(base.batch, base.seq)
-    worst = max(abs(f - d) - max(d * FIT_TOLERANCE, _FIT_SLACK) for f, d in zip(fitted, direct))
-    shown = f"({base.batch},{base.seq})"
-    if worst > 0:
-        return None, (
-            f"the fit ({fit.label}) missed the dry run at {shown} by more than 1%: "
-            "searched with direct dry runs"
-        )
-    return fit, f"{fit.label}, checked against the dry run at {shown} (within 1%)"
+    if not fit.holds:
+        return None, f"the fit ({fit.label}) missed by over 1%: searched with direct dry runs"
+    return fit, f"{fit.label} (within 1%)"
 
 
 def limits(model: Any, options: dict[str, Any], gpu: Any) -> dict[str, Any]:
@@ -235,28 +223,37 @@ def limits(model: Any, options: dict[str, Any], gpu: Any) -> dict[str, Any]:
     seq, batch = base.seq, base.batch
     # every source knows its limit: the real config class, a config file, a preset
     longest = base.max_positions or 1 << 22
-    fit, how = (None, base.category_sources[Category.ACTIVATIONS])
-    if base.step_inputs is not None:
-        fit, how = _fitted(base)
+    state: dict[str, Any] = {"how": base.category_sources[Category.ACTIVATIONS]}
 
-    def fits(n_batch: int, n_seq: int, fitted: bool) -> bool:
-        change = {"batch": n_batch, "seq": n_seq, "step_fit": fit if fitted else None}
+    def fitted() -> Any:
+        if "fit" not in state:  # built on first use: not where nothing fits
+            state["fit"], state["how"] = _fitted(base)
+        return state["fit"]
+
+    def fits(n_batch: int, n_seq: int, fit: Any = None) -> bool:
+        change = {"batch": n_batch, "seq": n_seq, "step_fit": fit}
         return estimate(model, **{**options, **change}).fits(gpu)
 
     results: dict[str, Any] = {}
     corrected = False
     for key, top, probe in (
-        ("max_batch", 1 << 16, lambda n, f: fits(n, seq, f)),
-        ("max_seq", longest, lambda n, f: fits(batch, n, f)),
+        ("max_batch", 1 << 16, lambda n, f=None: fits(n, seq, f)),
+        ("max_seq", longest, lambda n, f=None: fits(batch, n, f)),
     ):
         if base.step_inputs is None:  # formulas: no dry runs to confirm with
-            results[key] = _largest(lambda n, p=probe: p(n, False), 1, top)
+            results[key] = _largest(probe, 1, top)
             continue
-        guess = _largest(lambda n, p=probe: p(n, True), 1, top) if fit is not None else None
-        answer, held = _confirmed(lambda n, p=probe: p(n, False), guess, 1, top)
-        results[key] = answer
+        if not probe(1):  # a direct dry run: not even one fits
+            results[key] = None
+            continue
+        fit = fitted()
+        guess = _largest(lambda n, p=probe, f=fit: p(n, f), 1, top) if fit is not None else None
+        results[key], held = _confirmed(probe, guess, 1, top)
         corrected = corrected or (fit is not None and not held)
-    if base.step_inputs is not None and fit is not None:
+    how = state["how"]
+    if base.step_inputs is not None and "fit" not in state:
+        how = "direct dry runs (none fits at the smallest size)"
+    elif base.step_inputs is not None and state["fit"] is not None:
         how += (
             "; answers corrected by direct dry runs"
             if corrected

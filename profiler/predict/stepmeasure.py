@@ -40,14 +40,19 @@ STEP_SOURCE = "measured (dry run of the real class on fake tensors)"
 FIT_TERMS = ("1", "B", "S", "B·S", "S²", "B·S²")
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 _OPTIMIZERS = ("adamw", "adamw-8bit", "sgd", "adafactor")
-#: Attention implementations the dry run builds (flash attention runs as sdpa: neither keeps
-#: the S × S scores, and flash kernels do not exist on the CPU).
-_ATTENTION = {"sdpa": "sdpa", "flash": "sdpa", "eager": "eager"}
+#: Attention implementations the dry run asks for: eager, else the class's default (sdpa where
+#: the class has it; flash kernels do not exist on the CPU, and neither keeps S × S scores).
+_ATTENTION = {"eager": "eager"}
 #: The fit's longest sequence (or the model's limit) and its batches: two batches at each of
 #: three lengths, large enough to be past the small sizes where weight-sized transients (the
 #: head's gradient, for instance) still outweigh the activation-sized ones.
 _FIT_SEQ = 8192
-_FIT_BATCHES = (1, 2)
+_FIT_BATCHES = (4, 8)
+#: The batch of the check point (its sequence is halfway between the fit's shortest and
+#: longest); the fit holds where each category is within 1% or 1 MiB of the direct dry run.
+_CHECK_BATCH = 6
+FIT_TOLERANCE = 0.01
+FIT_SLACK = 1 << 20
 #: The sequence length at which the optimizer step's own peak is measured.
 _FLOOR_SEQ = 8
 
@@ -90,7 +95,7 @@ def measure_step(
         checkpointing and mode != "inference",
         lora_rank,
         lora_targets,
-        _ATTENTION.get(attention, "sdpa"),
+        _ATTENTION.get(attention),
     )
     figures = _cached(key, args)
     if not stepped:
@@ -126,7 +131,7 @@ def _run(
     checkpointing: bool,
     lora_rank: int,
     lora_targets: str,
-    attention: str,
+    attention: str | None,
 ) -> tuple[int, int]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -138,7 +143,8 @@ def _run(
     config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
 
     def build() -> Any:
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention)
+        chosen = {"attn_implementation": attention} if attention else {}
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, **chosen)
         if any(name.endswith("experts") for name, _ in model.named_modules()):
             raise DryRunError("MoE routing depends on values fake tensors do not have")
         if mode == "inference":
@@ -168,7 +174,8 @@ def _run(
 
     with _quiet():
         try:
-            # two steps where an optimizer's state appears in the first, else one is the same
+            # two steps with an optimizer (the second backward can peak above the first: its
+            # state exists); without one both steps are the same (checked on five presets)
             run = dry_run(build, step, steps=1 if optimizer is None else 2, device="cuda")
         except (DryRunError, ConfigError):
             raise
@@ -231,22 +238,38 @@ class StepFit:
     points: tuple[tuple[int, int], ...]
     coefficients: tuple[tuple[Fraction, ...], tuple[Fraction, ...]]
     floor: tuple[int, int]
+    check: tuple[int, int] = (0, 0)
+    check_measured: tuple[int, int] = (0, 0)
+
+    @property
+    def holds(self) -> bool:
+        """Whether the fit is within 1% (or 1 MiB) of the direct dry run at the check point."""
+        fitted = self.at(*self.check)
+        return all(
+            abs(f - d) <= max(d * FIT_TOLERANCE, FIT_SLACK)
+            for f, d in zip(fitted, self.check_measured, strict=True)
+        )
 
     def at(self, batch: int, seq: int) -> tuple[int, int]:
         """The fitted (activations, temporaries) bytes at ``batch`` rows of ``seq`` tokens."""
         terms = _terms(batch, seq)
-        values = (round(sum(c * t for c, t in zip(co, terms, strict=True))) for co in self.coefficients)
+        values = (
+            round(sum(c * t for c, t in zip(co, terms, strict=True))) for co in self.coefficients
+        )
         return tuple(max(int(v), 0, f) for v, f in zip(values, self.floor, strict=True))  # type: ignore[return-value]
 
     @property
     def label(self) -> str:
         """How an output names figures from this fit."""
         shown = ", ".join(f"({b},{s})" for b, s in self.points)
-        return f"fitted from dry runs at (batch,seq) {shown}"
+        batch, seq = self.check
+        return f"fitted from dry runs at (batch,seq) {shown}, checked at ({batch},{seq})"
 
 
 def fit_step(config: Mapping[str, Any], *, limit: int | None = None, **step: Any) -> StepFit:
-    """Dry-run six (batch, seq) points and solve each category for :data:`FIT_TERMS`.
+    """Dry-run six (batch, seq) points, solve each category for :data:`FIT_TERMS`, and check.
+
+    The check is a direct dry run of the whole step at one more point (:attr:`StepFit.holds`).
 
     Args:
         config: the transformers config.
@@ -263,19 +286,25 @@ def fit_step(config: Mapping[str, Any], *, limit: int | None = None, **step: Any
     seqs = tuple(longest * k // 3 // unit * unit for k in (1, 2, 3))
     points = tuple((b, s) for s in seqs for b in _FIT_BATCHES)
     step = {k: v for k, v in step.items() if k not in ("batch", "seq")}
-    forward = [measure_step(config, batch=b, seq=s, optimizer_step=False, **step) for b, s in points]
+    forward = [
+        measure_step(config, batch=b, seq=s, optimizer_step=False, **step) for b, s in points
+    ]
     rows = [_terms(b, s) for b, s in points]
     coefficients = tuple(_solve(rows, [v[i] for v in forward]) for i in (0, 1))
     floor = (0, 0)
     if step.get("mode") != "inference":  # the optimizer step's own peak (see measure_step)
         floor = measure_step(config, batch=1, seq=_FLOOR_SEQ, **step)
-    return StepFit(points, coefficients, floor)  # type: ignore[arg-type]
+    check = (_CHECK_BATCH, (seqs[0] + seqs[2]) // 2)
+    measured = measure_step(config, batch=check[0], seq=check[1], **step)
+    return StepFit(points, coefficients, floor, check, measured)  # type: ignore[arg-type]
 
 
 def _solve(rows: list[tuple[int, ...]], values: list[int]) -> tuple[Fraction, ...]:
     """The exact solution of the square system ``rows · x = values`` (Gauss-Jordan)."""
     n = len(rows)
-    matrix = [[Fraction(v) for v in row] + [Fraction(y)] for row, y in zip(rows, values, strict=True)]
+    matrix = [
+        [Fraction(v) for v in row] + [Fraction(y)] for row, y in zip(rows, values, strict=True)
+    ]
     for col in range(n):
         pivot = next(r for r in range(col, n) if matrix[r][col] != 0)
         matrix[col], matrix[pivot] = matrix[pivot], matrix[col]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from typing import Any
@@ -232,6 +233,14 @@ def limits(model: Any, options: dict[str, Any], gpu: Any) -> dict[str, Any]:
 
     def fits(n_batch: int, n_seq: int, fit: Any = None) -> bool:
         change = {"batch": n_batch, "seq": n_seq, "step_fit": fit}
+        if fit is None and base.step_inputs is not None:
+            # no dry run where the rest alone (weights, state, cache) cannot fit
+            rest = estimate(model, **{**options, **change, "measure_step": False})
+            cats = rest.categories
+            floor = rest.allocated - cats[Category.ACTIVATIONS] - cats[Category.TEMPORARIES]
+            margin = math.ceil(floor * rest.margin_fraction)
+            if floor + margin + gpu.context_bytes > gpu.memory_bytes:
+                return False
         return estimate(model, **{**options, **change}).fits(gpu)
 
     results: dict[str, Any] = {}

@@ -7,8 +7,9 @@ backward, the optimizer's real step: AdamW, the 8-bit AdamW's layout, Adafactor 
 inference prefill (``no_grad`` forward with the model's cache). Each category's own peak is read.
 
 Depth is scaled: where the layers repeat (see :mod:`profiler.predict.measured`), 1, 2 and 3
-layers are dry-run and each figure must grow by the same amount per layer, or the whole model is
-dry-run. A dry run costs the same at any size (fake tensors hold no data), so the asked point is
+layers are dry-run and each figure must grow by the same amount per layer (or, with a fourth
+depth, from the second layer on: a one-layer prefill can peak at the head), or the whole model
+is dry-run. A dry run costs the same at any size (fake tensors hold no data), so the asked point is
 measured directly. The ``--gpu`` searches run dozens of sizes: there :func:`fit_step` dry-runs
 six (batch, seq) points and solves for each category in the terms the model's code makes
 (``1, B, S, B·S, S², B·S²``: weights-sized scratch, per-row buffers, rotary tables, every
@@ -111,14 +112,28 @@ def measure_step(
 def _cached(key: str, args: tuple[Any, ...]) -> tuple[int, int]:
     cfg = json.loads(key)
     scaled = scalable_layers(cfg)
-    if scaled is not None:
-        field, layers, period = scaled
-        parts = [_run(_truncated(cfg, field, n * period), *args) for n in (1, 2, 3)]
-        steps = [(b[0] - a[0], b[1] - a[1]) for a, b in zip(parts, parts[1:], strict=False)]
-        if steps[0] == steps[1]:
-            groups = layers // period - 1
-            return parts[0][0] + groups * steps[0][0], parts[0][1] + groups * steps[0][1]
+    if scaled is None:
+        return _run(cfg, *args)
+    field, layers, period = scaled
+    parts = [_run(_truncated(cfg, field, n * period), *args) for n in (1, 2, 3)]
+    groups = layers // period
+    if _steady(parts[0], parts[1], parts[2]):
+        return _extend(parts[0], parts[1], groups - 1)
+    if groups > 4:  # a first group unlike the rest (the head's transient outweighs one layer)
+        parts.append(_run(_truncated(cfg, field, 4 * period), *args))
+        if _steady(parts[1], parts[2], parts[3]):
+            return _extend(parts[1], parts[2], groups - 2)
     return _run(cfg, *args)
+
+
+def _steady(a: tuple[int, int], b: tuple[int, int], c: tuple[int, int]) -> bool:
+    """Whether every figure grows by the same amount from a to b as from b to c."""
+    return all(y - x == z - y for x, y, z in zip(a, b, c, strict=True))
+
+
+def _extend(a: tuple[int, int], b: tuple[int, int], more: int) -> tuple[int, int]:
+    """``a`` plus ``more`` times the growth from a to b."""
+    return a[0] + more * (b[0] - a[0]), a[1] + more * (b[1] - a[1])
 
 
 def _run(

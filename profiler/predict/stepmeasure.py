@@ -104,8 +104,20 @@ def measure_step(
     # the optimizer's own peak grows with depth while the forward/backward's may not: where a
     # 1-3 layer step peaks in backward, the whole model's can peak in the optimizer step, so
     # the step is also measured where backward is negligible (one row of _FLOOR_SEQ tokens)
-    floor = _cached(key, (*args[:2], 1, _FLOOR_SEQ, *args[4:]))
+    floor = floor_at(_cached(key, (*args[:2], 1, _FLOOR_SEQ, *args[4:])), batch, seq)
     return max(figures[0], floor[0]), max(figures[1], floor[1])
+
+
+def _blocks(nbytes: int) -> int:
+    return -(-nbytes // 512) * 512
+
+
+def floor_at(floor: tuple[int, int], batch: int, seq: int) -> tuple[int, int]:
+    """The optimizer step's own peaks, measured at one row of :data:`_FLOOR_SEQ` tokens, at
+    ``batch × seq``: the step's token ids (int64, alive through the step, CUDA-rounded) are
+    the one tensor alive at every moment of the step whose size depends on the batch."""
+    grown = _blocks(8 * batch * seq) - _blocks(8 * _FLOOR_SEQ)
+    return floor[0], floor[1] + grown if floor[1] else 0
 
 
 @lru_cache(maxsize=256)
@@ -271,7 +283,8 @@ class StepFit:
         values = (
             round(sum(c * t for c, t in zip(co, terms, strict=True))) for co in self.coefficients
         )
-        return tuple(max(int(v), 0, f) for v, f in zip(values, self.floor, strict=True))  # type: ignore[return-value]
+        floor = floor_at(self.floor, batch, seq)
+        return tuple(max(int(v), 0, f) for v, f in zip(values, floor, strict=True))  # type: ignore[return-value]
 
     @property
     def label(self) -> str:

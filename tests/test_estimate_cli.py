@@ -178,10 +178,12 @@ def test_configs_the_real_class_or_the_formulas_refuse_are_one_line(
 ) -> None:
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
-    code, out, err = run(capsys, str(path))
-    assert code == 2 and out == ""
-    assert err.startswith("gpumem estimate: error: ") and fragment in err
-    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2
+    # the default dry-run step and the --gpu search keep the one-line error
+    for extra in ((), ("--mode", "train", "--gpu", "h100")):
+        code, out, err = run(capsys, str(path), *extra)
+        assert code == 2 and out == ""
+        assert err.startswith("gpumem estimate: error: ") and fragment in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) <= 2
 
 
 def test_the_step_is_dry_run_by_default_and_formulas_on_request(capsys, tmp_path) -> None:

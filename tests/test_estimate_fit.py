@@ -177,3 +177,20 @@ def test_an_unreachable_hub_fails_in_one_line_without_retries(tmp_path: Path) ->
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert "tiny-org/tiny-llama" in done.stderr and "ConnectError" in done.stderr
+
+
+@pytest.mark.parametrize("answer", [None, 1, 2, 7, 33, 64])
+@pytest.mark.parametrize("guess", [None, 1, 5, 33, 40, 64])
+def test_confirming_walks_from_any_guess_to_the_answer(answer: int | None, guess: int | None):
+    from profiler.cli.estimate import _confirmed
+
+    probed: list[int] = []
+
+    def fits(n: int) -> bool:
+        assert 1 <= n <= 64
+        probed.append(n)
+        return answer is not None and n <= answer
+
+    assert _confirmed(fits, guess, 1, 64) == answer
+    if guess is not None and answer is not None and abs(guess - answer) <= 1:
+        assert len(set(probed)) <= 4  # a near guess costs a few sizes

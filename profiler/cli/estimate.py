@@ -170,29 +170,29 @@ def _largest(fits: Any, low: int, high: int) -> int | None:
     return low
 
 
-def _confirmed(fits: Any, guess: int | None, low: int, high: int) -> tuple[int | None, bool]:
-    """The largest n that ``fits`` (direct dry runs), starting from the fit's ``guess``.
+def _confirmed(fits: Any, guess: int | None, low: int, high: int) -> int | None:
+    """The largest n in [low, high] that ``fits`` (direct dry runs), starting from ``guess``.
 
-    Returns the answer and whether the guess was it: ``fits(guess)`` and not ``fits(guess + 1)``.
-    Otherwise the bracket grows from the guess by doubling steps and is then halved, so a near
-    guess costs a few dry runs.
+    The guess holds where ``fits(guess)`` and not ``fits(guess + 1)``; otherwise the bracket
+    grows from it by doubling steps and is then halved, so a near guess costs a few dry runs
+    (each size is dry-run once: the measurements are cached).
     """
     start = low if guess is None else guess
     if fits(start):
         if start == high or not fits(start + 1):
-            return start, guess is not None
+            return start
         step, good = 2, start + 1
         while good + step <= high and fits(good + step):
             good, step = good + step, step * 2
-        return _largest(fits, good, min(high, good + step - 1)), False
+        return _largest(fits, good, min(high, good + step - 1))
     if guess is None:
-        return None, True
+        return None
     step, bad = 1, start
     while bad - step >= low and not fits(bad - step):
         bad, step = bad - step, step * 2
     if bad - step < low:
-        return _largest(fits, low, bad - 1) if bad > low else None, False
-    return _largest(fits, bad - step, bad - 1), False
+        return _largest(fits, low, bad - 1) if bad > low else None
+    return _largest(fits, bad - step, bad - 1)
 
 
 def _fitted(base: Any) -> tuple[Any, str]:
@@ -257,8 +257,8 @@ def limits(model: Any, options: dict[str, Any], gpu: Any) -> dict[str, Any]:
             continue
         fit = fitted()
         guess = _largest(lambda n, p=probe, f=fit: p(n, f), 1, top) if fit is not None else None
-        results[key], held = _confirmed(probe, guess, 1, top)
-        corrected = corrected or (fit is not None and not held)
+        results[key] = _confirmed(probe, guess, 1, top)
+        corrected = corrected or (fit is not None and results[key] != guess)
     how = state["how"]
     if base.step_inputs is not None and "fit" not in state:
         how = "direct dry runs (none fits at the smallest size)"

@@ -167,7 +167,10 @@ def _run(
 
     cfg = dict(cfg)
     dtype = getattr(torch, _DTYPES[precision])
-    config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    try:
+        config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    except Exception as exc:  # noqa: BLE001 - transformers' validation of a truncated config
+        raise ConfigError(f"the step's config could not be built: {exc}") from None
 
     def build() -> Any:
         chosen = {"attn_implementation": attention} if attention else {}

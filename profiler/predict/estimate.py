@@ -2,6 +2,10 @@
 
 The result is an :class:`Estimate` in the same categories the tracker measures, plus named
 overhead lines (CUDA context, allocator margin) that are never folded into a fudge factor.
+Where transformers knows the config, every category is measured on the real class: the module
+tree and the cache on the meta device (:mod:`~profiler.predict.measured`), activations and
+temporaries by dry runs of the step on fake tensors (:mod:`~profiler.predict.stepmeasure`);
+``measure_step=False`` takes those two from the formulas. Each category says its source.
 
 Conventions (the seed's): a 16-bit training run keeps fp32 master weights in the optimizer
 line, and the optimizer's moments are stored like the weights unless ``optimizer_dtype`` says

@@ -111,6 +111,9 @@ def from_module(module: Any) -> Source:
 def hub_config(repo_id: str) -> dict[str, Any]:
     """The ``config.json`` of a Hub model (from the cache if there, else downloaded; never weights).
 
+    Not in the cache and not offline, one metadata request with a :data:`HUB_TIMEOUT` timeout
+    and no retries comes first, so an unreachable Hub is one line in seconds.
+
     Raises:
         ConfigError: huggingface_hub missing, offline without a cached config, no such repo.
     """

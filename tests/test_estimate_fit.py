@@ -88,9 +88,9 @@ def test_fit_equals_whole_model_dry_runs_at_the_check_and_another_point(
     fit = fit_step(CONFIG, limit=2048, **step)
     # six points: two batches at a third, two thirds and all of the limit (whole 256 blocks)
     assert fit.points == ((4, 512), (8, 512), (4, 1280), (8, 1280), (4, 2048), (8, 2048))
-    assert fit.check == (6, 1280) and fit.holds
+    assert fit.check == (6, 768) and fit.holds
     # exact where every tensor is whole 512-byte blocks: the check point and a larger one
-    for batch, seq in ((6, 1280), (12, 2048)):
+    for batch, seq in ((6, 768), (12, 2048)):
         assert fit.at(batch, seq) == _whole_model_step(mode, optimizer, batch, seq)
     # at seq 1000 each live tensor's rounding is under 512 bytes: the fit stays within 0.1%
     fitted, direct = fit.at(5, 1000), measure_step(CONFIG, batch=5, seq=1000, **step)

@@ -49,8 +49,8 @@ _ATTENTION = {"eager": "eager"}
 #: head's gradient, for instance) still outweigh the activation-sized ones.
 _FIT_SEQ = 8192
 _FIT_BATCHES = (4, 8)
-#: The batch of the check point (its sequence is halfway between the fit's shortest and
-#: longest); the fit holds where each category is within 1% or 1 MiB of the direct dry run.
+#: The batch of the check point (its sequence is halfway between the fit's two shorter ones);
+#: the fit holds where each category is within 1% or 1 MiB of the direct dry run.
 _CHECK_BATCH = 6
 FIT_TOLERANCE = 0.01
 FIT_SLACK = 1 << 20
@@ -325,7 +325,8 @@ def fit_step(config: Mapping[str, Any], *, limit: int | None = None, **step: Any
     floor = (0, 0)
     if step.get("mode") != "inference":  # the optimizer step's own peak (see measure_step)
         floor = measure_step(config, batch=1, seq=_FLOOR_SEQ, **step)
-    check = (_CHECK_BATCH, (seqs[0] + seqs[2]) // 2)
+    # between the points in both: batch 6, halfway between the two shorter sequences
+    check = (_CHECK_BATCH, (seqs[0] + seqs[1]) // 2 // unit * unit)
     measured = measure_step(config, batch=check[0], seq=check[1], **step)
     return StepFit(points, coefficients, floor, check, measured)  # type: ignore[arg-type]
 

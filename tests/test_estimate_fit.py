@@ -100,6 +100,18 @@ def test_fit_equals_whole_model_dry_runs_at_the_check_and_another_point(
     assert fitted != direct  # the rounding is real: were this equal the bound would be idle
 
 
+def test_a_sliding_window_splits_the_fit_at_the_window() -> None:
+    # transformers masks from a sequence as long as the window on: each side is fitted apart
+    windowed = {**CONFIG, "model_type": "mistral", "sliding_window": 1024}
+    step = {"mode": "train", "optimizer": "adamw", "precision": "bf16", "checkpointing": False}
+    fit = fit_step(windowed, limit=2048, window=1024, **step)
+    assert [p.upto for p in fit.pieces] == [1023, None]
+    assert fit.pieces[0].points[-1] == (8, 768) and fit.pieces[1].points[-1] == (8, 2048)
+    assert fit.holds
+    for batch, seq in ((6, 512), (3, 1024), (12, 2048)):
+        assert fit.at(batch, seq) == _whole_model_step("train", "adamw", batch, seq, windowed)
+
+
 @pytest.mark.parametrize("optimizer", ["adamw-8bit", "adafactor", "sgd"])
 def test_each_optimizer_step_is_the_real_one(optimizer: str) -> None:
     est = estimate(CONFIG, mode="train", optimizer=optimizer, precision="bf16", batch=3, seq=512)

@@ -201,9 +201,9 @@ def _fitted(base: Any) -> tuple[Any, str]:
     from profiler.predict.stepmeasure import fit_step
 
     inputs = dict(base.step_inputs)
-    config = inputs.pop("config")
+    config, window = inputs.pop("config"), inputs.pop("window")
     try:
-        fit = fit_step(config, limit=base.max_positions, **inputs)
+        fit = fit_step(config, limit=base.max_positions, window=window, **inputs)
     except (DryRunError, ConfigError) as exc:
         return None, f"no fit ({exc.message}): searched with direct dry runs"
     if not fit.holds:

@@ -324,7 +324,7 @@ def estimate(
         max_positions=limit,
         kv_bytes_per_token=per_token,
         step_inputs=(
-            {"config": source.config, **step_options(plan)}
+            {"config": source.config, "window": _window(plan), **step_options(plan)}
             if step_source is not None and plan.step_fit is None
             else None
         ),
@@ -533,6 +533,12 @@ def _measured_step(plan: _Plan, values: dict[Category, int], notes: list[str]) -
     if plan.attention == "flash":
         notes.append("flash attention dry-run as sdpa (neither keeps the seq x seq scores)")
     return STEP_SOURCE
+
+
+def _window(plan: _Plan) -> int | None:
+    """The shortest sliding window of the model's layers, if any."""
+    m = plan.measured
+    return min(m.windows) if m is not None and m.windows else None
 
 
 def step_options(plan: _Plan) -> dict[str, Any]:

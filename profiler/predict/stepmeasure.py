@@ -33,7 +33,7 @@ from profiler.errors import ConfigError, DryRunError
 from profiler.predict.measured import _PRESET_KEYS, _quiet, _truncated, scalable_layers
 from profiler.records import CATEGORIES, Category
 
-__all__ = ["FIT_TERMS", "STEP_SOURCE", "StepFit", "fit_step", "measure_step"]
+__all__ = ["FIT_TERMS", "STEP_SOURCE", "FitPiece", "StepFit", "fit_step", "measure_step"]
 
 #: How an estimate labels the figures this module measures.
 STEP_SOURCE = "measured (dry run of the real class on fake tensors)"
@@ -257,54 +257,96 @@ def _terms(batch: int, seq: int) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True, slots=True)
-class StepFit:
-    """Activations and temporaries as functions of (batch, seq), solved from six dry runs.
+class FitPiece:
+    """One regime of a fit: sequences up to ``upto`` (None: any longer), six points, a check.
 
     ``coefficients`` holds, per category (activations, temporaries), one exact fraction per
-    :data:`FIT_TERMS` term for the forward and backward; ``floor`` is the optimizer step's own
-    peak per category (0 in inference), which the step's peak is never below.
+    :data:`FIT_TERMS` term for the forward and backward.
     """
 
+    upto: int | None
     points: tuple[tuple[int, int], ...]
     coefficients: tuple[tuple[Fraction, ...], tuple[Fraction, ...]]
+    check: tuple[int, int]
+    check_measured: tuple[int, int]
+
+    def forward(self, batch: int, seq: int) -> tuple[int, int]:
+        terms = _terms(batch, seq)
+        a, t = (
+            round(sum(c * x for c, x in zip(co, terms, strict=True))) for co in self.coefficients
+        )
+        return int(a), int(t)
+
+
+@dataclass(frozen=True, slots=True)
+class StepFit:
+    """Activations and temporaries as functions of (batch, seq), solved from dry runs.
+
+    One :class:`FitPiece` per regime of the sequence length (two where a sliding window is
+    shorter than the fit's longest sequence: the attention masks change past it); ``floor`` is
+    the optimizer step's own peak per category (0 in inference), which a step's peak is never
+    below.
+    """
+
+    pieces: tuple[FitPiece, ...]
     floor: tuple[int, int]
-    check: tuple[int, int] = (0, 0)
-    check_measured: tuple[int, int] = (0, 0)
+
+    @property
+    def points(self) -> tuple[tuple[int, int], ...]:
+        """Every (batch, seq) dry-run for the fit."""
+        return tuple(p for piece in self.pieces for p in piece.points)
+
+    @property
+    def check(self) -> tuple[int, int]:
+        """The first piece's check point."""
+        return self.pieces[0].check
 
     @property
     def holds(self) -> bool:
-        """Whether the fit is within 1% (or 1 MiB) of the direct dry run at the check point."""
-        fitted = self.at(*self.check)
+        """Whether each piece is within 1% (or 1 MiB) of the direct dry run at its check."""
         return all(
             abs(f - d) <= max(d * FIT_TOLERANCE, FIT_SLACK)
-            for f, d in zip(fitted, self.check_measured, strict=True)
+            for piece in self.pieces
+            for f, d in zip(self.at(*piece.check), piece.check_measured, strict=True)
         )
 
     def at(self, batch: int, seq: int) -> tuple[int, int]:
         """The fitted (activations, temporaries) bytes at ``batch`` rows of ``seq`` tokens."""
-        terms = _terms(batch, seq)
-        values = (
-            round(sum(c * t for c, t in zip(co, terms, strict=True))) for co in self.coefficients
-        )
+        piece = next(p for p in self.pieces if p.upto is None or seq <= p.upto)
         floor = floor_at(self.floor, batch, seq)
-        return tuple(max(int(v), 0, f) for v, f in zip(values, floor, strict=True))  # type: ignore[return-value]
+        a, t = piece.forward(batch, seq)
+        return max(a, 0, floor[0]), max(t, 0, floor[1])
 
     @property
     def label(self) -> str:
         """How an output names figures from this fit."""
         shown = ", ".join(f"({b},{s})" for b, s in self.points)
-        batch, seq = self.check
-        return f"fitted from dry runs at (batch,seq) {shown}, checked at ({batch},{seq})"
+        checks = ", ".join(f"({b},{s})" for b, s in (p.check for p in self.pieces))
+        split = (
+            f" (a fit up to the sliding window of {self.pieces[0].upto}, one past it)"
+            if len(self.pieces) > 1
+            else ""
+        )
+        return f"fitted from dry runs at (batch,seq) {shown}{split}, checked at {checks}"
 
 
-def fit_step(config: Mapping[str, Any], *, limit: int | None = None, **step: Any) -> StepFit:
-    """Dry-run six (batch, seq) points, solve each category for :data:`FIT_TERMS`, and check.
+def fit_step(
+    config: Mapping[str, Any],
+    *,
+    limit: int | None = None,
+    window: int | None = None,
+    **step: Any,
+) -> StepFit:
+    """Dry-run six (batch, seq) points per regime, solve for :data:`FIT_TERMS`, and check.
 
-    The check is a direct dry run of the whole step at one more point (:attr:`StepFit.holds`).
+    The check is a direct dry run of the whole step at one more point per regime
+    (:attr:`StepFit.holds`).
 
     Args:
         config: the transformers config.
         limit: the model's longest context: the points stay within it.
+        window: the sliding window, where layers have one: sequences shorter than it and the
+            rest are fitted apart.
         step: :func:`measure_step`'s other keywords (mode, optimizer, precision, ...).
 
     Raises:
@@ -313,22 +355,42 @@ def fit_step(config: Mapping[str, Any], *, limit: int | None = None, **step: Any
     longest = min(limit or _FIT_SEQ, _FIT_SEQ)
     if longest < 3:
         raise DryRunError(f"a context limit of {longest} is too short to fit")
-    unit = 256 if longest >= 768 else 1  # whole CUDA blocks: no rounding in the terms
-    seqs = tuple(longest * k // 3 // unit * unit for k in (1, 2, 3))
-    points = tuple((b, s) for s in seqs for b in _FIT_BATCHES)
     step = {k: v for k, v in step.items() if k not in ("batch", "seq")}
+    bounds: list[tuple[int, int, int | None]] = [(0, longest, None)]
+    if window is not None and 6 < window <= longest:
+        # transformers masks from a sequence as long as the window on: a regime of its own
+        below = window - 1 if window < 1024 else (window - 1) // 256 * 256
+        bounds = [(0, below, window - 1), (window - 1, longest, None)]
+    pieces = tuple(_piece(config, low, high, upto, step) for low, high, upto in bounds)
+    floor = (0, 0)
+    if step.get("mode") != "inference":  # the optimizer step's own peak (see measure_step)
+        floor = measure_step(config, batch=1, seq=_FLOOR_SEQ, **step)
+    return StepFit(pieces, floor)
+
+
+def _piece(
+    config: Mapping[str, Any], low: int, high: int, upto: int | None, step: dict[str, Any]
+) -> FitPiece:
+    """Six points at a third, two thirds and all of (low, high], two batches each; a check."""
+    unit = 256 if high - low >= 768 else 1  # whole CUDA blocks: no rounding in the terms
+
+    def at(fraction: float) -> int:
+        seq = low + int((high - low) * fraction)
+        rounded = seq // unit * unit
+        return rounded if rounded > low else seq
+
+    seqs = (at(1 / 3), at(2 / 3), high)
+    points = tuple((b, s) for s in seqs for b in _FIT_BATCHES)
     forward = [
         measure_step(config, batch=b, seq=s, optimizer_step=False, **step) for b, s in points
     ]
     rows = [_terms(b, s) for b, s in points]
     coefficients = tuple(_solve(rows, [v[i] for v in forward]) for i in (0, 1))
-    floor = (0, 0)
-    if step.get("mode") != "inference":  # the optimizer step's own peak (see measure_step)
-        floor = measure_step(config, batch=1, seq=_FLOOR_SEQ, **step)
     # between the points in both: batch 6, halfway between the two shorter sequences
-    check = (_CHECK_BATCH, (seqs[0] + seqs[1]) // 2 // unit * unit)
+    middle = (seqs[0] + seqs[1]) // 2
+    check = (_CHECK_BATCH, middle // unit * unit if middle // unit * unit > seqs[0] else middle)
     measured = measure_step(config, batch=check[0], seq=check[1], **step)
-    return StepFit(points, coefficients, floor, check, measured)  # type: ignore[arg-type]
+    return FitPiece(upto, points, coefficients, check, measured)  # type: ignore[arg-type]
 
 
 def _solve(rows: list[tuple[int, ...]], values: list[int]) -> tuple[Fraction, ...]:

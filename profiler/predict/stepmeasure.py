@@ -98,12 +98,14 @@ def measure_step(
         lora_targets,
         _ATTENTION.get(attention),
     )
-    figures = _cached(key, args)
     if not stepped:
-        return figures
-    # the optimizer's own peak grows with depth while the forward/backward's may not: where a
-    # 1-3 layer step peaks in backward, the whole model's can peak in the optimizer step, so
-    # the step is also measured where backward is negligible (one row of _FLOOR_SEQ tokens)
+        return _cached(key, args)
+    # a step's peak is the larger of its forward/backward's and its optimizer step's, and the
+    # two grow differently with depth (the optimizer's scratch with every layer, backward's
+    # transient not), so a 1-3 layer step can peak in backward where the whole model peaks in
+    # the optimizer: they are measured apart, the optimizer's where backward is negligible
+    # (one row of _FLOOR_SEQ tokens), and the larger kept per category
+    figures = _cached(key, (args[0], None, *args[2:]))
     floor = floor_at(_cached(key, (*args[:2], 1, _FLOOR_SEQ, *args[4:])), batch, seq)
     return max(figures[0], floor[0]), max(figures[1], floor[1])
 

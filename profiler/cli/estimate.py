@@ -214,9 +214,10 @@ def _fitted(base: Any) -> tuple[Any, str]:
 def limits(model: Any, options: dict[str, Any], gpu: Any) -> dict[str, Any]:
     """Largest batch (at the given seq) and longest seq (at the given batch) that fit on gpu.
 
-    Where the step is dry-run, the searches run on a fit of six dry runs (checked against the
-    dry run at the asked point) and each answer is confirmed by direct dry runs at it (fits)
-    and one above (does not); ``search`` says how the answers were found.
+    Where the step is dry-run, the searches run on a fit of six dry runs per regime (checked
+    by a direct dry run at one more point; where it misses, on direct dry runs) and each answer
+    is confirmed by direct dry runs at it (fits) and one above (does not), walked from there by
+    direct dry runs where they disagree; ``search`` says how the answers were found.
     """
     from profiler.predict.estimate import estimate
 

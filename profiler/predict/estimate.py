@@ -531,7 +531,7 @@ def _measured_step(plan: _Plan, values: dict[Category, int], notes: list[str]) -
             f"copy): the optimizer's scratch in temporaries is {plan.fmt.name}"
         )
     if plan.attention == "flash":
-        notes.append("flash attention dry-run as sdpa (neither keeps the seq x seq scores)")
+        notes.append("flash attention dry-run with the class's default (sdpa where it has it)")
     return STEP_SOURCE
 
 

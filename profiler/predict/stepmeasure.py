@@ -325,7 +325,8 @@ class StepFit:
         shown = ", ".join(f"({b},{s})" for b, s in self.points)
         checks = ", ".join(f"({b},{s})" for b, s in (p.check for p in self.pieces))
         split = (
-            f" (a fit up to the sliding window of {self.pieces[0].upto}, one past it)"
+            f" (one fit below the sliding window of {(self.pieces[0].upto or 0) + 1} tokens, "
+            "one from it on)"
             if len(self.pieces) > 1
             else ""
         )

@@ -12,6 +12,7 @@ from profiler.cli.estimate import TABLE_GPUS
 from profiler.predict.estimate import estimate
 from profiler.predict.gpus import find_gpu
 from profiler.predict.presets import load_preset
+from profiler.records import Category
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -137,6 +138,10 @@ def test_table_says_where_each_figure_comes_from(capsys, tmp_path) -> None:
     assert lines[2].startswith("source: measured on the real class (LlamaForCausalLM")
     assert next(line for line in lines if line.startswith("weights")).endswith("measured")
     assert next(line for line in lines if line.startswith("activations")).endswith(
+        "measured (dry run of the real class on fake tensors)"
+    )
+    code, out, _ = run(capsys, "llama-3-8b", "--seq", "1024", "--formulas")
+    assert next(line for line in out.splitlines() if line.startswith("activations")).endswith(
         "approximate (formulas)"
     )
     # a model_type transformers does not know: the formulas, and every line says so
@@ -173,13 +178,15 @@ def test_configs_the_real_class_or_the_formulas_refuse_are_one_line(
 ) -> None:
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
-    code, out, err = run(capsys, str(path))
-    assert code == 2 and out == ""
-    assert err.startswith("gpumem estimate: error: ") and fragment in err
-    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2
+    # the default dry-run step and the --gpu search keep the one-line error
+    for extra in ((), ("--mode", "train", "--gpu", "h100")):
+        code, out, err = run(capsys, str(path), *extra)
+        assert code == 2 and out == ""
+        assert err.startswith("gpumem estimate: error: ") and fragment in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) <= 2
 
 
-def test_measure_step_flag(capsys, tmp_path) -> None:
+def test_the_step_is_dry_run_by_default_and_formulas_on_request(capsys, tmp_path) -> None:
     config = {
         "model_type": "llama",
         "vocab_size": 128,
@@ -192,11 +199,17 @@ def test_measure_step_flag(capsys, tmp_path) -> None:
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
     argv = (str(path), "--mode", "train", "-p", "bf16", "-b", "2", "-s", "16", "--json")
-    code, out, _ = run(capsys, *argv, "--measure-step")
+    code, out, _ = run(capsys, *argv)
     data = json.loads(out)
     assert code == 0
-    expected = estimate(config, mode="train", precision="bf16", batch=2, seq=16, measure_step=True)
+    expected = estimate(config, mode="train", precision="bf16", batch=2, seq=16)
     assert data["categories"] == {str(c): b for c, b in expected.categories.items()}
     assert data["sources"]["activations"].startswith("measured (dry run")
-    code, out, _ = run(capsys, *argv)
-    assert json.loads(out)["sources"]["activations"] == "approximate (formulas)"
+    code, out, _ = run(capsys, *argv, "--measure-step")  # the default, kept as a flag
+    assert json.loads(out)["categories"] == data["categories"]
+    code, out, _ = run(capsys, *argv, "--formulas")
+    formulas = json.loads(out)
+    assert formulas["sources"]["activations"] == "approximate (formulas)"
+    shown = estimate(config, mode="train", precision="bf16", batch=2, seq=16, measure_step=False)
+    assert formulas["categories"]["activations"] == shown.categories[Category.ACTIVATIONS]
+    assert "exclude each other" in _one_line_error(capsys, *argv, "--formulas", "--measure-step")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from typing import Any
 
 from profiler.errors import UsageError
+from profiler.records import Category
 from profiler.text import printable
 from profiler.units import format_bytes, format_gb
 
@@ -74,9 +76,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer-dtype", help="dtype of optimizer moments (default: weights')")
     parser.add_argument("--lora-rank", default="16", help="LoRA rank (default 16)")
     parser.add_argument(
+        "--formulas",
+        action="store_true",
+        help="activations and temporaries from the formulas (approximate) instead of dry runs",
+    )
+    parser.add_argument(
         "--measure-step",
         action="store_true",
-        help="measure activations and temporaries by a dry run of the real class (seconds)",
+        help="activations and temporaries by dry runs of the real class (the default)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -133,6 +140,8 @@ def check_text(args: argparse.Namespace) -> None:
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.formulas and args.measure_step:
+        raise UsageError("--formulas and --measure-step exclude each other")
     return {
         "precision": args.precision,
         "mode": args.mode,
@@ -144,7 +153,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "master_weights": args.master_weights,
         "optimizer_dtype": args.optimizer_dtype,
         "lora_rank": _whole("lora rank", args.lora_rank),
-        "measure_step": args.measure_step,
+        "measure_step": not args.formulas,
     }
 
 
@@ -161,26 +170,106 @@ def _largest(fits: Any, low: int, high: int) -> int | None:
     return low
 
 
-def limits(model: Any, options: dict[str, Any], gpu: Any) -> dict[str, int | None]:
-    """Largest batch (at the given seq) and longest seq (at the given batch) that fit on gpu."""
+def _confirmed(fits: Any, guess: int | None, low: int, high: int) -> int | None:
+    """The largest n in [low, high] that ``fits`` (direct dry runs), starting from ``guess``.
+
+    The guess holds where ``fits(guess)`` and not ``fits(guess + 1)``; otherwise the bracket
+    grows from it by doubling steps and is then halved, so a near guess costs a few dry runs
+    (each size is dry-run once: the measurements are cached).
+    """
+    start = low if guess is None else guess
+    if fits(start):
+        if start == high or not fits(start + 1):
+            return start
+        step, good = 2, start + 1
+        while good + step <= high and fits(good + step):
+            good, step = good + step, step * 2
+        return _largest(fits, good, min(high, good + step - 1))
+    if guess is None:
+        return None
+    step, bad = 1, start
+    while bad - step >= low and not fits(bad - step):
+        bad, step = bad - step, step * 2
+    if bad - step < low:
+        return _largest(fits, low, bad - 1) if bad > low else None
+    return _largest(fits, bad - step, bad - 1)
+
+
+def _fitted(base: Any) -> tuple[Any, str]:
+    """A fit of the step for the searches, where it holds at its check point; else (None, why)."""
+    from profiler.errors import ConfigError, DryRunError
+    from profiler.predict.stepmeasure import fit_step
+
+    inputs = dict(base.step_inputs)
+    config, window = inputs.pop("config"), inputs.pop("window")
+    try:
+        fit = fit_step(config, limit=base.max_positions, window=window, **inputs)
+    except (DryRunError, ConfigError) as exc:
+        return None, f"no fit ({exc.message}): searched with direct dry runs"
+    if not fit.holds:
+        return None, f"the fit ({fit.label}) missed by over 1%: searched with direct dry runs"
+    return fit, f"{fit.label} (within 1%)"
+
+
+def limits(model: Any, options: dict[str, Any], gpu: Any) -> dict[str, Any]:
+    """Largest batch (at the given seq) and longest seq (at the given batch) that fit on gpu.
+
+    Where the step is dry-run, the searches run on a fit of six dry runs per regime (checked
+    by a direct dry run at one more point; where it misses, on direct dry runs) and each answer
+    is confirmed by direct dry runs at it (fits) and one above (does not), walked from there by
+    direct dry runs where they disagree; ``search`` says how the answers were found.
+    """
     from profiler.predict.estimate import estimate
 
     base = estimate(model, **options)
     seq, batch = base.seq, base.batch
     # every source knows its limit: the real config class, a config file, a preset
     longest = base.max_positions or 1 << 22
+    state: dict[str, Any] = {"how": base.category_sources[Category.ACTIVATIONS]}
 
-    def batch_fits(n: int) -> bool:
-        return estimate(model, **{**options, "batch": n, "seq": seq}).fits(gpu)
+    def fitted() -> Any:
+        if "fit" not in state:  # built on first use: not where nothing fits
+            state["fit"], state["how"] = _fitted(base)
+        return state["fit"]
 
-    def seq_fits(n: int) -> bool:
-        return estimate(model, **{**options, "batch": batch, "seq": n}).fits(gpu)
+    def fits(n_batch: int, n_seq: int, fit: Any = None) -> bool:
+        change = {"batch": n_batch, "seq": n_seq, "step_fit": fit}
+        if fit is None and base.step_inputs is not None:
+            # no dry run where the rest alone (weights, state, cache) cannot fit
+            rest = estimate(model, **{**options, **change, "measure_step": False})
+            cats = rest.categories
+            floor = rest.allocated - cats[Category.ACTIVATIONS] - cats[Category.TEMPORARIES]
+            margin = math.ceil(floor * rest.margin_fraction)
+            if floor + margin + gpu.context_bytes > gpu.memory_bytes:
+                return False
+        return estimate(model, **{**options, **change}).fits(gpu)
 
-    return {
-        "max_batch": _largest(batch_fits, 1, 1 << 16),
-        "max_seq": _largest(seq_fits, 1, longest),
-        "seq_limit": base.max_positions,
-    }
+    results: dict[str, Any] = {}
+    corrected = False
+    for key, top, probe in (
+        ("max_batch", 1 << 16, lambda n, f=None: fits(n, seq, f)),
+        ("max_seq", longest, lambda n, f=None: fits(batch, n, f)),
+    ):
+        if base.step_inputs is None:  # formulas: no dry runs to confirm with
+            results[key] = _largest(probe, 1, top)
+            continue
+        if not probe(1):  # a direct dry run: not even one fits
+            results[key] = None
+            continue
+        fit = fitted()
+        guess = _largest(lambda n, p=probe, f=fit: p(n, f), 1, top) if fit is not None else None
+        results[key] = _confirmed(probe, guess, 1, top)
+        corrected = corrected or (fit is not None and results[key] != guess)
+    how = state["how"]
+    if base.step_inputs is not None and "fit" not in state:
+        how = "direct dry runs (none fits at the smallest size)"
+    elif base.step_inputs is not None and state["fit"] is not None:
+        how += (
+            "; answers corrected by direct dry runs"
+            if corrected
+            else "; answers confirmed by direct dry runs"
+        )
+    return {**results, "seq_limit": base.max_positions, "search": how}
 
 
 def _list(out: Any, as_json: bool) -> int:
@@ -262,8 +351,8 @@ def _render(est: Any, gpus: list[Any], extra: dict[str, Any], out: Any) -> None:
             f"longest {label} at batch {est.batch}: "
             f"{extra['max_seq'] if extra['max_seq'] is not None else 'none fits'}"
             + (f" (the model's limit is {extra['seq_limit']})" if extra.get("seq_limit") else "")
-            + ("; activations in the search: formulas" if extra.get("search_activations") else "")
             + "\n"
+            + f"  search: {extra['search']}\n"
         )
 
 
@@ -288,11 +377,7 @@ def run(args: argparse.Namespace) -> int:
         gpus.append(spec)
     extra: dict[str, Any] = {}
     if spec is not None:
-        # the search runs dozens of estimates: a dry run each would take minutes
-        search = {**options, "gpu": spec, "measure_step": False}
-        extra = {"gpu": spec.name, **limits(model, search, spec)}
-        if options["measure_step"]:
-            extra["search_activations"] = "approximate (formulas)"
+        extra = {"gpu": spec.name, **limits(model, {**options, "gpu": spec}, spec)}
     if args.json:
         data = est.to_dict(gpus)
         if extra:

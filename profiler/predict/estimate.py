@@ -2,6 +2,10 @@
 
 The result is an :class:`Estimate` in the same categories the tracker measures, plus named
 overhead lines (CUDA context, allocator margin) that are never folded into a fudge factor.
+Where transformers knows the config, every category is measured on the real class: the module
+tree and the cache on the meta device (:mod:`~profiler.predict.measured`), activations and
+temporaries by dry runs of the step on fake tensors (:mod:`~profiler.predict.stepmeasure`);
+``measure_step=False`` takes those two from the formulas. Each category says its source.
 
 Conventions (the seed's): a 16-bit training run keeps fp32 master weights in the optimizer
 line, and the optimizer's moments are stored like the weights unless ``optimizer_dtype`` says
@@ -13,7 +17,7 @@ Pass ``optimizer_dtype="fp32"`` for the 16-bytes-per-parameter recipe of DeepSpe
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from profiler.errors import UnknownNameError, UsageError
@@ -36,6 +40,8 @@ from profiler.records import CATEGORIES, Category
 
 if TYPE_CHECKING:
     import pandas
+
+    from profiler.predict.stepmeasure import StepFit
 
 __all__ = ["MODES", "OPTIMIZERS", "Estimate", "Overhead", "estimate"]
 
@@ -77,6 +83,8 @@ class Estimate:
     ssm_state: int = 0
     max_positions: int | None = None
     kv_bytes_per_token: int | None = None
+    #: Where the step was dry-run: the config and :func:`step_options` (a fit starts here).
+    step_inputs: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def categories(self) -> dict[Category, int]:
@@ -214,7 +222,8 @@ def estimate(
     gpu: str | GpuSpec | None = None,
     context_bytes: int | None = None,
     margin: float = _MARGIN,
-    measure_step: bool = False,
+    measure_step: bool = True,
+    step_fit: StepFit | None = None,
 ) -> Estimate:
     """Predict device memory per category before running anything.
 
@@ -239,7 +248,12 @@ def estimate(
         context_bytes: override the CUDA context line.
         margin: allocator margin as a fraction of the allocated bytes.
         measure_step: measure activations and temporaries by a dry run of the real class at
-            this batch and seq (seconds, not milliseconds; see ``predict.stepmeasure``).
+            this batch and seq (the default where transformers knows the config: well under a
+            second per layer group, see ``predict.stepmeasure``); ``False`` takes them from the
+            formulas (labelled "approximate (formulas)"), as does a config the dry run cannot
+            run (MoE routing, quantised weights), with a note saying why.
+        step_fit: take activations and temporaries from this fit of dry runs instead
+            (:func:`profiler.predict.stepmeasure.fit_step`; the ``--gpu`` searches use it).
 
     Raises:
         UsageError: unknown names, non-positive sizes, impossible combinations.
@@ -276,6 +290,7 @@ def estimate(
         lora_rank=lora_rank,
         lora_targets=lora_targets,
         measure_step=measure_step,
+        step_fit=step_fit,
     )
     values = dict.fromkeys(CATEGORIES, 0)
     _weights(plan, values)
@@ -308,6 +323,11 @@ def estimate(
         ssm_state=ssm_state,
         max_positions=limit,
         kv_bytes_per_token=per_token,
+        step_inputs=(
+            {"config": source.config, "window": _window(plan), **step_options(plan)}
+            if step_source is not None and plan.step_fit is None
+            else None
+        ),
     )
 
 
@@ -348,7 +368,8 @@ class _Plan:
     checkpointing: bool
     lora_rank: int
     lora_targets: str
-    measure_step: bool = False
+    measure_step: bool = True
+    step_fit: StepFit | None = None
 
     @property
     def compute(self) -> str:
@@ -477,28 +498,29 @@ def _cache(
 
 
 def _measured_step(plan: _Plan, values: dict[Category, int], notes: list[str]) -> str | None:
-    """Activations and temporaries from a dry run of the real class, where asked and possible."""
-    if not plan.measure_step:
+    """Activations and temporaries from dry runs of the real class, where asked and possible."""
+    if not plan.measure_step or plan.source.config is None:
         return None
     from profiler.errors import ConfigError, DryRunError
     from profiler.predict.stepmeasure import STEP_SOURCE, measure_step
 
-    config = plan.source.config
-    if config is None or plan.fmt.kind != "dense":
-        notes.append("measure_step needs a transformers config and a dense precision")
-        return None
-    try:
-        activations, temporaries = measure_step(
-            config,
-            mode=plan.mode,
-            optimizer=plan.optimizer,
-            batch=plan.batch,
-            seq=plan.seq,
-            precision=plan.fmt.name,
-            checkpointing=plan.checkpointing,
-            lora_rank=plan.lora_rank,
-            lora_targets=plan.lora_targets,
+    m = plan.measured
+    if plan.fmt.kind != "dense":
+        notes.append(
+            f"step not measured ({plan.fmt.name} weights are not dry-run); activations from "
+            "the formulas"
         )
+        return None
+    if plan.source.module is not None and m is not None and m.trainable < m.parameters:
+        notes.append("step not measured (the module has frozen parameters); formulas used")
+        return None
+    if plan.step_fit is not None:
+        values[Category.ACTIVATIONS], values[Category.TEMPORARIES] = plan.step_fit.at(
+            plan.batch, plan.seq
+        )
+        return plan.step_fit.label
+    try:
+        activations, temporaries = measure_step(plan.source.config, **step_options(plan))
     except (DryRunError, ConfigError) as exc:
         notes.append(f"step not measured ({exc.message}); activations from the formulas")
         return None
@@ -508,7 +530,30 @@ def _measured_step(plan: _Plan, values: dict[Category, int], notes: list[str]) -
             f"the measured step updates {plan.fmt.name} weights in place (no fp32 master "
             f"copy): the optimizer's scratch in temporaries is {plan.fmt.name}"
         )
+    if plan.attention == "flash":
+        notes.append("flash attention dry-run with the class's default (sdpa where it has it)")
     return STEP_SOURCE
+
+
+def _window(plan: _Plan) -> int | None:
+    """The shortest sliding window of the model's layers, if any."""
+    m = plan.measured
+    return min(m.windows) if m is not None and m.windows else None
+
+
+def step_options(plan: _Plan) -> dict[str, Any]:
+    """The keywords of :func:`~profiler.predict.stepmeasure.measure_step` for this plan."""
+    return {
+        "mode": plan.mode,
+        "optimizer": plan.optimizer,
+        "batch": plan.batch,
+        "seq": plan.seq,
+        "precision": plan.fmt.name,
+        "checkpointing": plan.checkpointing,
+        "lora_rank": plan.lora_rank,
+        "lora_targets": plan.lora_targets,
+        "attention": plan.attention,
+    }
 
 
 def _activations(

@@ -111,6 +111,9 @@ def from_module(module: Any) -> Source:
 def hub_config(repo_id: str) -> dict[str, Any]:
     """The ``config.json`` of a Hub model (from the cache if there, else downloaded; never weights).
 
+    Not in the cache and not offline, one metadata request with a :data:`HUB_TIMEOUT` timeout
+    and no retries comes first, so an unreachable Hub is one line in seconds.
+
     Raises:
         ConfigError: huggingface_hub missing, offline without a cached config, no such repo.
     """
@@ -124,23 +127,40 @@ def hub_config(repo_id: str) -> dict[str, Any]:
         ) from None
     import logging
 
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import constants, try_to_load_from_cache
 
     hub_logger = logging.getLogger("huggingface_hub")
     level = hub_logger.level
     hub_logger.setLevel(logging.CRITICAL)  # its retry warnings would break the one-line error
     try:
         cached = try_to_load_from_cache(repo_id=repo_id, filename="config.json")
-        path = cached if isinstance(cached, str) else hf_hub_download(repo_id, "config.json")
+        if isinstance(cached, str):
+            path = cached
+        else:
+            if not constants.is_offline_mode():
+                _reachable(repo_id)  # one try: hf_hub_download retries for ~25 s unreachable
+            path = hf_hub_download(repo_id, "config.json", etag_timeout=HUB_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 - offline, not found, gated, network: one line
         reason = type(exc).__name__
         raise ConfigError(
             f"cannot get the config of {printable(repo_id, limit=80)!r} from the Hub ({reason})",
-            hint="check the id; offline (HF_HUB_OFFLINE=1) it must be in the Hugging Face cache",
+            hint="check the id and the network; offline (HF_HUB_OFFLINE=1) it must be in the "
+            "Hugging Face cache",
         ) from None
     finally:
         hub_logger.setLevel(level)
     return load_config(path)
+
+
+#: Seconds to wait for the Hub to answer (one try, no retries) before a one-line error.
+HUB_TIMEOUT = 3.0
+
+
+def _reachable(repo_id: str) -> None:
+    """One metadata request for the config, with a short timeout and no retries (raises)."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    get_hf_file_metadata(hf_hub_url(repo_id, "config.json"), timeout=HUB_TIMEOUT)
 
 
 def resolve(source: Any, params: int | float | None) -> Source:

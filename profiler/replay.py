@@ -42,7 +42,14 @@ import torch
 from profiler.dryrun import DryRun, dry_run
 from profiler.errors import DryRunError
 
-__all__ = ["Adam8bitLayout", "InputRecorder", "Replayer", "TensorSpec", "dispatch_mode_active"]
+__all__ = [
+    "Adam8bitLayout",
+    "InputRecorder",
+    "Replayer",
+    "TensorSpec",
+    "dispatch_mode_active",
+    "fake_copy",
+]
 
 _PLAIN = (bool, int, float, str, type(None), torch.dtype)
 #: bitsandbytes' 8-bit optimizers keep tensors smaller than this in 32-bit state.
@@ -201,7 +208,7 @@ def dispatch_mode_active() -> bool:
     return bool(torch._C._len_torch_dispatch_stack())
 
 
-def _fake_copy(model: torch.nn.Module) -> tuple[torch.nn.Module, dict[int, torch.Tensor]]:
+def fake_copy(model: torch.nn.Module) -> tuple[torch.nn.Module, dict[int, torch.Tensor]]:
     """A deep copy whose parameters and buffers are meta tensors (the dry run makes them fake)."""
     memo: dict[int, Any] = {}
     mapping: dict[int, torch.Tensor] = {}
@@ -410,7 +417,7 @@ class Replayer:
             raise DryRunError(self.problem)
         if dispatch_mode_active():  # the fake tensors would be charged to that mode's owner
             raise DryRunError("a torch dispatch mode is active (another tracker's block?)")
-        source, _ = _fake_copy(model)
+        source, _ = fake_copy(model)
         batch = change.get("batch")
         dtype = change.get("autocast") or self.autocast
         amp = getattr(torch, dtype) if isinstance(dtype, str) else dtype

@@ -260,6 +260,31 @@ def test_peft_adapters_present_give_gradients_and_optimizer() -> None:
     assert est.categories[C.WEIGHTS] == 4 * _unique_numel(model)  # fp32 as the module is
 
 
+def test_a_live_adapter_model_s_step_is_its_own() -> None:
+    """estimate(PeftModel): activations and temporaries from a dry run of a fake copy of the
+    module itself (its adapters and frozen base), checked against a real tracked CPU run of
+    the same step at the same rounding."""
+    peft = pytest.importorskip("peft")
+    from profiler import track_memory
+
+    config = {**_BASE, "model_type": "llama", "num_key_value_heads": 2}
+    lora = peft.LoraConfig(r=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    model = peft.get_peft_model(_real(config), lora)
+    est = estimate(model, mode="lora", optimizer="adamw", batch=2, seq=32)
+    assert est.category_sources[C.ACTIVATIONS].startswith("measured")
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    ids = torch.zeros(2, 32, dtype=torch.long)
+    with track_memory(model, opt, stream=False, leaks=False, rounding=512) as mem:
+        for _ in range(2):
+            model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    real = mem.breakdown()
+    assert est.categories[C.ACTIVATIONS] == int(real.loc["activations", "peak"])
+    # the dry run makes its ids inside the step (a temporary); here they exist before the block
+    assert est.categories[C.TEMPORARIES] - int(real.loc["temporaries", "peak"]) == 512
+
+
 def test_partly_frozen_model_trains_only_what_requires_grad() -> None:
     config = {**_BASE, "model_type": "llama", "num_key_value_heads": 2}
     model = _real(config)

@@ -512,8 +512,7 @@ def _measured_step(plan: _Plan, values: dict[Category, int], notes: list[str]) -
         )
         return None
     if plan.source.module is not None and m is not None and m.trainable < m.parameters:
-        notes.append("step not measured (the module has frozen parameters); formulas used")
-        return None
+        return _measured_module_step(plan, values, notes)
     if plan.step_fit is not None:
         values[Category.ACTIVATIONS], values[Category.TEMPORARIES] = plan.step_fit.at(
             plan.batch, plan.seq
@@ -532,6 +531,29 @@ def _measured_step(plan: _Plan, values: dict[Category, int], notes: list[str]) -
         )
     if plan.attention == "flash":
         notes.append("flash attention dry-run with the class's default (sdpa where it has it)")
+    return STEP_SOURCE
+
+
+def _measured_module_step(plan: _Plan, values: dict[Category, int], notes: list[str]) -> str | None:
+    """A live module with frozen parameters (adapters, a frozen base): its own step dry-run on
+    a fake copy, in the module's own dtypes."""
+    from profiler.errors import DryRunError
+    from profiler.predict.stepmeasure import STEP_SOURCE, measure_module_step
+
+    try:
+        activations, temporaries = measure_module_step(
+            plan.source.module,
+            mode=plan.mode,
+            optimizer=plan.optimizer,
+            batch=plan.batch,
+            seq=plan.seq,
+            checkpointing=plan.checkpointing,
+        )
+    except DryRunError as exc:
+        notes.append(f"step not measured ({exc.message}); activations from the formulas")
+        return None
+    values[Category.ACTIVATIONS], values[Category.TEMPORARIES] = activations, temporaries
+    notes.append("the module's own step dry-run on a fake copy (its adapters and frozen weights)")
     return STEP_SOURCE
 
 

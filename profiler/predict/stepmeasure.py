@@ -183,7 +183,7 @@ def _run(
             return model.eval(), None
         model.train()
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            model.gradient_checkpointing_enable()  # type: ignore[operator]
         if mode == "lora":
             model = _with_adapters(model, lora_rank, lora_targets)
         if optimizer is None:
@@ -213,6 +213,57 @@ def _run(
             raise
         except Exception as exc:  # noqa: BLE001 - transformers refusing the config
             raise ConfigError(f"the step could not be dry-run: {exc}") from None
+    peaks = dict(zip(CATEGORIES, run.tracker.peaks.by_category, strict=True))
+    return int(peaks[Category.ACTIVATIONS]), int(peaks[Category.TEMPORARIES])
+
+
+def measure_module_step(
+    module: Any, *, mode: str, optimizer: str, batch: int, seq: int, checkpointing: bool
+) -> tuple[int, int]:
+    """The own peaks of activations and temporaries of one step of a live transformers module
+    (a PeftModel, a partly frozen model: its own trainable parameters and adapters), dry-run on
+    a fake copy of it (no memory), in bytes (CUDA rounding).
+
+    Raises:
+        DryRunError: the step cannot run on fake tensors.
+    """
+    import torch
+
+    from profiler.dryrun import dry_run
+    from profiler.replay import fake_copy
+
+    if mode in ("train", "lora") and optimizer not in _OPTIMIZERS:
+        raise DryRunError(f"the {optimizer} optimizer cannot be dry-run here")
+
+    copied, _ = fake_copy(module)  # meta parameters, made fake by the dry run (as a replay's)
+
+    def build() -> Any:
+        model = copied
+        if mode == "inference":
+            return model.eval(), None
+        model.train()
+        if checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+            model.gradient_checkpointing_enable()  # type: ignore[operator]
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        return model, _optimizer(optimizer, trainable)
+
+    def step(model: Any, opt: Any) -> None:
+        ids = torch.zeros(batch, seq, dtype=torch.long)
+        if mode == "inference":
+            with torch.no_grad():
+                model(input_ids=ids, use_cache=True)
+            return
+        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    with _quiet():
+        try:
+            run = dry_run(build, step, steps=1 if mode == "inference" else 2, device="cuda")
+        except DryRunError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a module fake tensors cannot run
+            raise DryRunError(f"the module's step could not be dry-run: {exc}") from None
     peaks = dict(zip(CATEGORIES, run.tracker.peaks.by_category, strict=True))
     return int(peaks[Category.ACTIVATIONS]), int(peaks[Category.TEMPORARIES])
 

@@ -35,7 +35,8 @@ import itertools
 import math
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -57,9 +58,9 @@ _MIN_8BIT_SIZE = 4096
 _BLOCK = 256
 
 
-class TensorSpec(NamedTuple):
-    """A tensor argument's shape, dtype and whether it required gradients (a named tuple: made
-    on every root forward, so as cheap as a record can be)."""
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A tensor argument's shape, dtype and whether it required gradients."""
 
     shape: tuple[int, ...]
     dtype: torch.dtype

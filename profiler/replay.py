@@ -97,7 +97,7 @@ class InputRecorder:
         self.problem: str | None = "the model's forward was not called"
         #: whether autograd was recording at that call (a training forward, before any backward)
         self.grad_enabled = False
-        #: per tensor of the root's output (in pytree order), whether the user's loop still held
+        #: per tensor of the root's output (depth first), whether the user's loop still held
         #: it at the optimizer's step (through backward: ``out = model(x)``) and when the next
         #: forward began (``out`` is let go only once that forward returns); ``None`` until seen
         self.held_to_step: tuple[bool, ...] | None = None

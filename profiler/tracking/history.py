@@ -180,22 +180,20 @@ class History:
         state = self.state
         sample = self.sample(phase)
         step_peak, peak_bytes = state.ledger.reset_window()
-        record = StepRecord(
-            step=state.step,
-            time=sample[0],
-            duration=now - state.step_start,
-            bytes=sample[4],
-            total=sample[5],
-            peak=step_peak,
-            peak_bytes=self.interned(peak_bytes),
-        )
+        peak_held = self._splits.get(peak_bytes)
+        if peak_held is None:
+            peak_held = self.interned(peak_bytes)
+        step, duration = state.step, now - state.step_start
+        # the record's fields in order
+        row = (step, sample[0], duration, sample[4], sample[5], step_peak, peak_held)
         # No event per step: observers get the record itself (``on_step``); an event a step
         # would be one more long-lived object for the garbage collector to walk.
-        self.steps.append(
-            (record.step, record.time, record.duration, record.bytes, record.total)
-            + (record.peak, record.peak_bytes)
-        )
-        return record
+        log = self.steps
+        items = log.items
+        items.append(row)
+        if len(items) > log.capacity:
+            log.thin()
+        return StepRecord(step, sample[0], duration, sample[4], sample[5], step_peak, peak_held)
 
     def interned(self, split: tuple[int, ...]) -> tuple[int, ...]:
         """One tuple per distinct split, held here (a long-lived object).

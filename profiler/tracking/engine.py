@@ -290,7 +290,7 @@ class Engine:
         if is_compiling():
             return None  # traced by torch.compile: stay out of the graph (no graph break)
         try:
-            if self.strategy is self.fast and torch.is_grad_enabled() and not self._starts_hooked:
+            if not self._starts_hooked and self.strategy is self.fast and torch.is_grad_enabled():
                 # fast mode's backward hook until a parameter is hooked for good: the root
                 # output's gradient starts the backward
                 self.exact.hook_first(self.state.module_name(module), output, starting=True)

@@ -259,7 +259,9 @@ class KnownTensors:
         Returns this call's sequence length (``None`` where there is none).
         """
         state = self.state
-        candidates = list(args) + [kwargs.get("input_ids"), kwargs.get("inputs_embeds")]
+        candidates = (
+            (*args, kwargs.get("input_ids"), kwargs.get("inputs_embeds")) if kwargs else args
+        )
         for value in candidates:
             if isinstance(value, torch.Tensor) and value.dim() >= 1:
                 state.observed_batch = int(value.shape[0])

@@ -96,7 +96,10 @@ class LeakDetector(Observer):
             if record.step >= hunt.end:
                 self._finish_hunt(record, hunt)
             return
-        new = self._uncovered(self._series.growing())
+        growing = self._series.growing()
+        if not growing:
+            return  # (the steady state: nothing to look at)
+        new = self._uncovered(growing)
         if not new:
             return
         if self.run is not None and self.hunts < self.max_hunts:

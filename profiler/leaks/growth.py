@@ -158,7 +158,7 @@ class GrowthTest:
 class GrowthSeries:
     """Step-end values of several named series after warm-up, in windows of fixed length."""
 
-    __slots__ = ("_seen", "_steps", "_values", "names", "test")
+    __slots__ = ("_columns", "_last", "_same", "_seen", "_steps", "_values", "names", "test")
 
     def __init__(self, names: Sequence[str], test: GrowthTest) -> None:
         self.names = tuple(names)
@@ -168,6 +168,11 @@ class GrowthSeries:
         self._values: dict[str, deque[int]] = {
             name: deque(maxlen=test.window) for name in self.names
         }
+        #: the same deques in ``names`` order (one step's values are appended by position)
+        self._columns = tuple(self._values.values())
+        #: the latest values added, and how many adds in a row repeated the one before
+        self._last: tuple[int, ...] | None = None
+        self._same = 0
 
     @property
     def points(self) -> int:
@@ -180,8 +185,14 @@ class GrowthSeries:
         if self._seen <= self.test.warmup:
             return False
         self._steps.append(step)
-        for name, value in zip(self.names, values, strict=True):
-            self._values[name].append(value)
+        for column, value in zip(self._columns, values, strict=True):
+            column.append(value)
+        current = tuple(values)  # (a tuple is not copied; a list the caller reuses is)
+        if current == self._last:
+            self._same += 1
+        else:
+            self._same = 0
+            self._last = current
         return True
 
     def reset(self) -> None:
@@ -189,6 +200,8 @@ class GrowthSeries:
         self._steps.clear()
         for values in self._values.values():
             values.clear()
+        self._last = None
+        self._same = 0
 
     def estimate(self, name: str) -> GrowthEstimate | None:
         """The growth test on one series; ``None`` until enough points."""
@@ -219,13 +232,17 @@ class GrowthSeries:
         test = self.test
         if len(self._steps) < test.min_points:
             return []
-        steps = list(self._steps)[-test.recent :]
-        floor = test.min_bytes_per_step
         # With three points or fewer, the median of the pairwise slopes reaches the floor only if
         # the slope from the first point to the last does (it lies between the other two): one
         # subtraction rules out a series that is not rising fast enough now.
         shortcut = test.recent <= 3
-        k = min(test.recent, len(steps))
+        k = min(test.recent, len(self._steps))
+        if shortcut and self._same + 1 >= k:
+            # the last k points repeat one set of values (the steady state): the subtraction
+            # below rules out every series
+            return []
+        steps = list(self._steps)[-test.recent :]
+        floor = test.min_bytes_per_step
         rise_needed = floor * (steps[-1] - steps[-k])
         found = []
         for name in self.names:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from threading import get_ident
 from typing import Any
 
 import torch
@@ -289,7 +290,7 @@ class Engine:
         if is_compiling():
             return None  # traced by torch.compile: stay out of the graph (no graph break)
         try:
-            if self.strategy is self.fast and torch.is_grad_enabled() and not self._starts_hooked:
+            if not self._starts_hooked and self.strategy is self.fast and torch.is_grad_enabled():
                 # fast mode's backward hook until a parameter is hooked for good: the root
                 # output's gradient starts the backward
                 self.exact.hook_first(self.state.module_name(module), output, starting=True)
@@ -335,19 +336,21 @@ class Engine:
             self.guard.fail(Part.GRADIENT_HOOKS, error)
 
     def _backward_ended(self) -> None:
-        if self.state.mode is Mode.FAST and not self._grads_claimed:
+        state = self.state
+        if state.mode is Mode.FAST and not self._grads_claimed:
             self.known.claim_model_grads()
             self._grads_claimed = True  # one claim per step
-            if self.strategy is self.fast:
+            if self.strategy is self.fast and not self._starts_hooked:
                 self._hook_backward_starts()
-        self.exact.close_backward_frames()
+        if state.backward_stack:
+            self.exact.close_backward_frames()
 
     # ------------------------------------------------------------------ optimizer and steps
 
     def _optimizer_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if Part.OPTIMIZER_HOOKS in self.guard.disabled or not self.state.active:
             return
-        if not self._mine(optimizer):
+        if get_ident() != self.state.thread and not self._mine(optimizer):
             return  # another thread's optimizer (another tracker's work)
         # An optimizer subclass whose step() calls super().step() runs the hooks twice, nested
         # (torch patches each class's step): only the outermost step counts.
@@ -373,7 +376,7 @@ class Engine:
     def _optimizer_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if Part.OPTIMIZER_HOOKS in self.guard.disabled or not self.state.active:
             return
-        if not self._mine(optimizer):
+        if get_ident() != self.state.thread and not self._mine(optimizer):
             return
         self._optimizer_depth = max(self._optimizer_depth - 1, 0)
         if self._optimizer_depth:
@@ -416,7 +419,9 @@ class Engine:
                 self._end_hunt()
         every = state.module_every
         if every and not self.hunting and state.active:
-            self._swap(self.exact if state.step % every == 0 else self.fast)
+            wanted = self.exact if state.step % every == 0 else self.fast
+            if wanted is not self.strategy:
+                self._swap(wanted)
 
     def fold_step_modules(self) -> None:
         """Fold this step's per-module activations into each module's most in any step."""

@@ -56,9 +56,13 @@ class BoundedLog:
         items = self.items
         items.append(item)
         if len(items) > self.capacity:
-            # Keep the recent half at full resolution; thin the older half to every other item.
-            half = len(items) // 2
-            self.items = items[:half:2] + items[half:]
+            self.thin()
+
+    def thin(self) -> None:
+        """Keep the recent half at full resolution; thin the older half to every other item."""
+        items = self.items
+        half = len(items) // 2
+        self.items = items[:half:2] + items[half:]
 
 
 class ObserverList(list):  # type: ignore[type-arg]
@@ -142,24 +146,33 @@ class History:
         else:
             allocator = nvml = None
         stack = state.module_stack
+        module = stack[-1] if stack else state.ledger.module  # (state.innermost_module())
         split_tuple = tuple(split)
-        splits = self._splits
-        held = splits.get(split_tuple)
+        held = self._splits.get(split_tuple)
         if held is None:
             held = self.interned(split_tuple)
-        sample = (
-            time.time(),
-            state.step,
-            (phase or state.phase)._value_,  # the plain string (``.value`` is a property)
-            stack[-1] if stack else state.ledger.module,  # (state.innermost_module())
-            held,
-            sum(split),
-            allocator,
-            nvml,
-        )
-        self.samples.append(sample)
-        if self.observers and self.handlers("on_sample"):
-            self.notify("on_sample", sample_record(sample))
+        phase = phase or state.phase
+        now = time.time()
+        total = sum(split)
+        # the plain string (``.value`` is a property)
+        sample = (now, state.step, phase._value_, module, held, total, allocator, nvml)
+        log = self.samples
+        items = log.items
+        items.append(sample)
+        if len(items) > log.capacity:
+            log.thin()
+        if self.observers:
+            # the fan-out inlined (the hot path: four samples a step)
+            handlers = self._handlers.get("on_sample")
+            if handlers is None or self._handlers_version != self.observers.version:
+                handlers = self.handlers("on_sample")
+            if handlers:
+                record = Sample(now, sample[1], phase, module, held, total, allocator, nvml)
+                for observer, function in handlers:
+                    try:
+                        function(record)
+                    except Exception as error:
+                        self._drop(observer, "on_sample", error)
         return sample
 
     def record_step(self, phase: Phase | None, now: float) -> StepRecord:
@@ -167,22 +180,20 @@ class History:
         state = self.state
         sample = self.sample(phase)
         step_peak, peak_bytes = state.ledger.reset_window()
-        record = StepRecord(
-            step=state.step,
-            time=sample[0],
-            duration=now - state.step_start,
-            bytes=sample[4],
-            total=sample[5],
-            peak=step_peak,
-            peak_bytes=self.interned(peak_bytes),
-        )
+        peak_held = self._splits.get(peak_bytes)
+        if peak_held is None:
+            peak_held = self.interned(peak_bytes)
+        step, duration = state.step, now - state.step_start
+        # the record's fields in order
+        row = (step, sample[0], duration, sample[4], sample[5], step_peak, peak_held)
         # No event per step: observers get the record itself (``on_step``); an event a step
         # would be one more long-lived object for the garbage collector to walk.
-        self.steps.append(
-            (record.step, record.time, record.duration, record.bytes, record.total)
-            + (record.peak, record.peak_bytes)
-        )
-        return record
+        log = self.steps
+        items = log.items
+        items.append(row)
+        if len(items) > log.capacity:
+            log.thin()
+        return StepRecord(step, sample[0], duration, sample[4], sample[5], step_peak, peak_held)
 
     def interned(self, split: tuple[int, ...]) -> tuple[int, ...]:
         """One tuple per distinct split, held here (a long-lived object).

@@ -242,6 +242,8 @@ class KnownTensors:
     def observe_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Note the root model's batch and sequence, and the KV caches it is handed."""
         seq = self._observe_shape(args, kwargs)
+        if not kwargs:
+            return  # (no keyword: no cache handed)
         for value in find_caches(kwargs):
             if seq is not None and seq > 1 and not self.state.kv_cache_reused:
                 # a prompt (several tokens) fed to a cache that already holds some: the cache
@@ -257,7 +259,9 @@ class KnownTensors:
         Returns this call's sequence length (``None`` where there is none).
         """
         state = self.state
-        candidates = list(args) + [kwargs.get("input_ids"), kwargs.get("inputs_embeds")]
+        candidates = (
+            (*args, kwargs.get("input_ids"), kwargs.get("inputs_embeds")) if kwargs else args
+        )
         for value in candidates:
             if isinstance(value, torch.Tensor) and value.dim() >= 1:
                 state.observed_batch = int(value.shape[0])

@@ -71,7 +71,8 @@ class PhaseTracker:
             # residual is activations there, not the temporaries of an idle moment)
             self.history.sample(previous)
         if phase is Phase.FORWARD:
-            self._probe_autocast()
+            if state.autocast_dtype is None:
+                self._probe_autocast()
             state.microbatch += 1  # each forward of the outermost module is a micro-batch
         state.phase = phase
         if phase is Phase.FORWARD:

@@ -176,3 +176,46 @@ def test_a_lean_step_does_the_same_work_whatever_the_model_size() -> None:
     small, large = _calls_per_lean_step(4), _calls_per_lean_step(400)
     assert min(small) > 50
     assert abs(max(large) - max(small)) <= 4 and abs(min(large) - min(small)) <= 4
+
+
+def test_records_with_device_readings_are_untracked_too(monkeypatch) -> None:
+    """On CUDA every sample carries the allocator's (and NVML's) reading: the kept tuple holds
+    their fields, not the reading objects, so it is untracked too; the records read back
+    equal the readings taken."""
+    from profiler.records import AllocatorReading, NvmlReading
+    from profiler.tracking.history import History
+
+    counter = iter(range(10**9))
+    nvml = NvmlReading(process_used=7, device_used=8, device_total=9, device_index=0)
+
+    def allocator_reading(self: History) -> AllocatorReading:
+        return AllocatorReading(allocated=next(counter), reserved=1 << 20, num_ooms=0)
+
+    monkeypatch.setattr(History, "allocator_reading", allocator_reading)
+    monkeypatch.setattr(History, "nvml_reading", lambda self: nvml)
+    model = nn.Linear(4, 4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(2, 4)
+    threshold = gc.get_threshold()
+    gc.collect()
+    gc.set_threshold(100, 2, 2)
+    try:
+        with track_memory(model, optimizer, mode="fast", stream=False, leaks=False) as mem:
+            mem._state.on_cuda = True  # the readings path, with the readings scripted above
+            for _ in range(1_000):
+                model(x).sum().backward()
+                optimizer.step()
+                optimizer.zero_grad()
+            samples = list(mem._engine.history.samples.items)
+            records = mem._engine.history.sample_records()
+            mem._state.on_cuda = False
+    finally:
+        gc.set_threshold(*threshold)
+    old = samples[: -len(samples) // 10]
+    assert len(old) > 3_000
+    assert sum(gc.is_tracked(s) for s in old) == 0
+    taken = [r for r in records if r.allocator is not None]
+    assert len(taken) > 3_000
+    assert [r.allocator.allocated for r in taken] == sorted(r.allocator.allocated for r in taken)
+    assert all(r.allocator.reserved == 1 << 20 and r.allocator.active is None for r in taken)
+    assert all(r.nvml == nvml for r in taken)

@@ -36,10 +36,48 @@ _PHASES = {str(phase.value): phase for phase in Phase}
 _MAX_SPLITS = 1024
 
 
+#: A kept sample is one flat tuple of atoms (the garbage collector untracks it at its first
+#: collection; a reading object inside would keep it tracked into the oldest generation, as
+#: on CUDA, where every sample has one): time, step, phase, module, split, total, then the
+#: allocator's seven fields (``allocated`` None: no reading), then NVML's flag and four fields.
+_NO_ALLOCATOR: tuple[None, ...] = (None,) * 7
+_NO_NVML: tuple[Any, ...] = (False, None, None, None, None)
+_NO_READINGS = _NO_ALLOCATOR + _NO_NVML
+
+
+def _reading_fields(allocator: AllocatorReading | None, nvml: NvmlReading | None) -> tuple:
+    """The readings as the flat tail of a kept sample."""
+    head = (
+        _NO_ALLOCATOR
+        if allocator is None
+        else (
+            allocator.allocated,
+            allocator.reserved,
+            allocator.active,
+            allocator.inactive_split,
+            allocator.peak_allocated,
+            allocator.num_alloc_retries,
+            allocator.num_ooms,
+        )
+    )
+    if nvml is None:
+        return head + _NO_NVML
+    return head + (True, nvml.process_used, nvml.device_used, nvml.device_total, nvml.device_index)
+
+
 def sample_record(sample: tuple[Any, ...]) -> Sample:
     """The :class:`~profiler.records.Sample` of a kept sample tuple."""
+    allocator = None if sample[6] is None else AllocatorReading(*sample[6:13])
+    nvml = NvmlReading(*sample[14:18]) if sample[13] else None
     return Sample(
-        sample[0], sample[1], _PHASES[sample[2]], sample[3], sample[4], sample[5], *sample[6:]
+        sample[0],
+        sample[1],
+        _PHASES[sample[2]],
+        sample[3],
+        sample[4],
+        sample[5],
+        allocator,
+        nvml,
     )
 
 
@@ -143,8 +181,10 @@ class History:
         split = self.split_now()
         if state.on_cuda and readings:
             allocator, nvml = self.allocator_reading(), self.nvml_reading()
+            tail = _reading_fields(allocator, nvml)
         else:
             allocator = nvml = None
+            tail = _NO_READINGS
         stack = state.module_stack
         module = stack[-1] if stack else state.ledger.module  # (state.innermost_module())
         split_tuple = tuple(split)
@@ -155,7 +195,7 @@ class History:
         now = time.time()
         total = sum(split)
         # the plain string (``.value`` is a property)
-        sample = (now, state.step, phase._value_, module, held, total, allocator, nvml)
+        sample = (now, state.step, phase._value_, module, held, total, *tail)
         log = self.samples
         items = log.items
         items.append(sample)

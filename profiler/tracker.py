@@ -1,9 +1,8 @@
 """``track_memory`` and :class:`MemoryTracker`: the facade over the engine and its observers.
 
 The engine (:mod:`profiler.tracking`) measures, exactly (a dispatch-level ledger) or fast (an
-allocator counter at boundaries); this module wires it to the observers that use what it measured
-(the session stream for ``gpumem top``, the leak detector, the OOM report) and answers
-:class:`~profiler.run.RunView` for them and for the result views (:mod:`profiler.views`).
+allocator counter at boundaries); this module wires it to its observers (the session stream, the
+leak detector, the OOM report) and answers :class:`~profiler.run.RunView` for them and the views.
 """
 
 from __future__ import annotations
@@ -156,6 +155,7 @@ class MemoryTracker(EngineView, TrackerHtml):
             self._predictions.predict("entry")  # weights, gradients, optimizer state: known now
             engine.start_recording()
         except BaseException as error:  # a Ctrl-C inside gpumem's own enter included
+            self._inputs.detach()
             try:
                 engine.exit(None)
             finally:
@@ -167,8 +167,8 @@ class MemoryTracker(EngineView, TrackerHtml):
         interrupted: BaseException | None = None
         try:
             engine = self._engine
+            self._inputs.detach()  # first: nothing below can leave its hooks on the model
             engine.exit(exc)
-            self._inputs.detach()
             self._predictions.predict("end")
             if isinstance(exc, torch.OutOfMemoryError):
                 self._report_oom(exc)

@@ -32,12 +32,19 @@ def _summary(home: Path) -> dict:
     return json.loads((session / "summary.json").read_text())
 
 
-def _run(home: Path) -> None:
-    model = nn.Linear(4, 4)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+def _run(home: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     with track_memory(model, optimizer, home=home, name="interrupt"):
         model(torch.randn(2, 4)).sum().backward()
         optimizer.step()
+
+
+def _own_hooks(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Hooks on the model's modules and on the optimizer (gpumem's input recorder adds some)."""
+    on_modules = sum(
+        len(m._forward_pre_hooks) + len(m._forward_hooks) + len(m._backward_hooks)
+        for m in model.modules()
+    )
+    return on_modules + len(optimizer._optimizer_step_pre_hooks)
 
 
 def _interrupt(*_: object, **__: object) -> None:
@@ -62,11 +69,14 @@ def test_an_interrupt_inside_enter_or_exit_leaks_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, owner: type, name: str
 ) -> None:
     before = _global_hooks()
+    model = nn.Linear(4, 4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     monkeypatch.setattr(owner, name, _interrupt_at_exit if owner is _Predictions else _interrupt)
     with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path)
+        _run(tmp_path, model, optimizer)
     assert _stream_threads() == []  # the flusher stopped
     assert _global_hooks() == before  # every global hook removed
+    assert _own_hooks(model, optimizer) == 0  # and every hook on the model and optimizer
     summary = _summary(tmp_path)
     assert summary["status"] == "interrupted"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -363,13 +364,22 @@ def test_rotation_caps_size_and_reader_follows(tmp_path: Path) -> None:
 def test_write_failure_warns_once_and_never_raises(tmp_path: Path) -> None:
     w = writer(tmp_path, interval=0.0)
     w._samples._handle.close()  # type: ignore[union-attr]  # as if the disk went away
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        w.on_sample(sample(T0))
-        w.on_sample(sample(T0 + 1))
-        w.on_close()
-    assert len(caught) == 1
-    assert "session stream" in str(caught[0].message)
+    # Earlier tests' cyclic garbage (an unclosed file or socket) finalised by a collection in
+    # the middle would warn too ("always" shows every ResourceWarning): collect it first, keep
+    # the collector off while the writer runs, and count gpumem's own warnings.
+    gc.collect()
+    gc.disable()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            w.on_sample(sample(T0))
+            w.on_sample(sample(T0 + 1))
+            w.on_close()
+    finally:
+        gc.enable()
+    ours = [c for c in caught if str(c.message).startswith("gpumem")]
+    assert len(ours) == 1, [f"{c.category.__name__}: {c.message}" for c in caught]
+    assert "session stream" in str(ours[0].message)
 
 
 # -- reader -------------------------------------------------------------------------------------

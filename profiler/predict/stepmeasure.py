@@ -165,8 +165,6 @@ def _run(
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from profiler.dryrun import dry_run
-
     cfg = dict(cfg)
     dtype = getattr(torch, _DTYPES[precision])
     try:
@@ -191,28 +189,50 @@ def _run(
         trainable = [p for p in model.parameters() if p.requires_grad]
         return model, _optimizer(optimizer, trainable)
 
+    # two steps with an optimizer (the second backward can peak above the first: its state
+    # exists); without one both steps are the same (checked on five presets)
+    return _dry_peaks(
+        build,
+        _lm_step(mode, batch, seq, {}),
+        steps=1 if optimizer is None else 2,
+        error=ConfigError,
+        what="the step",  # transformers refusing the config
+    )
+
+
+def _lm_step(mode: str, batch: int, seq: int, train_kwargs: dict[str, Any]) -> Any:
+    """A causal LM's step on ``batch x seq`` token ids: an inference prefill with the cache,
+    or forward with labels (and ``train_kwargs``), backward and the optimizer's step."""
+    import torch
+
     def step(model: Any, opt: Any) -> None:
         ids = torch.zeros(batch, seq, dtype=torch.long)
         if mode == "inference":
             with torch.no_grad():
                 model(input_ids=ids, use_cache=True)
             return
-        model(input_ids=ids, labels=ids).loss.backward()
+        model(input_ids=ids, labels=ids, **train_kwargs).loss.backward()
         if opt is None:
             model.zero_grad(set_to_none=True)
             return
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    return step
+
+
+def _dry_peaks(build: Any, step: Any, *, steps: int, error: type, what: str) -> tuple[int, int]:
+    """The own peaks of activations and temporaries of ``steps`` dry-run steps (CUDA rounding);
+    a failure other than gpumem's own becomes ``error`` saying ``what`` could not be dry-run."""
+    from profiler.dryrun import dry_run
+
     with _quiet():
         try:
-            # two steps with an optimizer (the second backward can peak above the first: its
-            # state exists); without one both steps are the same (checked on five presets)
-            run = dry_run(build, step, steps=1 if optimizer is None else 2, device="cuda")
+            run = dry_run(build, step, steps=steps, device="cuda")
         except (DryRunError, ConfigError):
             raise
-        except Exception as exc:  # noqa: BLE001 - transformers refusing the config
-            raise ConfigError(f"the step could not be dry-run: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - a config or module fake tensors cannot run
+            raise error(f"{what} could not be dry-run: {exc}") from None
     peaks = dict(zip(CATEGORIES, run.tracker.peaks.by_category, strict=True))
     return int(peaks[Category.ACTIVATIONS]), int(peaks[Category.TEMPORARIES])
 
@@ -227,9 +247,6 @@ def measure_module_step(
     Raises:
         DryRunError: the step cannot run on fake tensors.
     """
-    import torch
-
-    from profiler.dryrun import dry_run
     from profiler.replay import fake_copy
 
     if mode in ("train", "lora") and optimizer not in _OPTIMIZERS:
@@ -247,25 +264,13 @@ def measure_module_step(
         trainable = [p for p in model.parameters() if p.requires_grad]
         return model, _optimizer(optimizer, trainable)
 
-    def step(model: Any, opt: Any) -> None:
-        ids = torch.zeros(batch, seq, dtype=torch.long)
-        if mode == "inference":
-            with torch.no_grad():
-                model(input_ids=ids, use_cache=True)
-            return
-        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    with _quiet():
-        try:
-            run = dry_run(build, step, steps=1 if mode == "inference" else 2, device="cuda")
-        except DryRunError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a module fake tensors cannot run
-            raise DryRunError(f"the module's step could not be dry-run: {exc}") from None
-    peaks = dict(zip(CATEGORIES, run.tracker.peaks.by_category, strict=True))
-    return int(peaks[Category.ACTIVATIONS]), int(peaks[Category.TEMPORARIES])
+    return _dry_peaks(
+        build,
+        _lm_step(mode, batch, seq, {"use_cache": False}),
+        steps=1 if mode == "inference" else 2,
+        error=DryRunError,
+        what="the module's step",
+    )
 
 
 def _optimizer(name: str, params: list[Any]) -> Any:

@@ -37,7 +37,6 @@ from profiler import views
 from profiler.predict.compare import compare
 from profiler.predict.tracked import round_bytes
 from profiler.records import CATEGORIES
-from profiler.replay import dispatch_mode_active
 from profiler.shards import local_tensor
 
 if TYPE_CHECKING:
@@ -148,11 +147,6 @@ class HonestCompare:
     def _why_not(self, run: RunView, replayer: Any, active: bool) -> str | None:
         if active:
             return "the block is still running (the step is replayed once it has exited)"
-        if dispatch_mode_active():
-            return (
-                "a torch dispatch mode is active (another tracker's block?): the replay's fake "
-                "tensors would be counted in it"
-            )
         if replayer is None:
             return "no model to replay (track_memory(model, ...) was given none, or it is gone)"
         if _is_fake(run.model):
